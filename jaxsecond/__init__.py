@@ -1,0 +1,10 @@
+"""jaxsecond: implicit, second-order and reversible differentiation for JAX."""
+
+from jaxsecond.implicit import (
+    custom_fixed_point as custom_fixed_point,
+    custom_root as custom_root,
+    root_jvp as root_jvp,
+    root_vjp as root_vjp,
+)
+
+__version__ = "0.1.0"

@@ -1,0 +1,122 @@
+"""Choosing and running the linear solve behind implicit differentiation.
+
+The implicit function theorem turns the derivative of a solution into one linear
+system with the Jacobian of the optimality condition, ``J u = b``. This module maps
+the user's ``solve=`` choice onto a lineax solver, with tolerances that follow the
+working precision, and applies the failure policy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import lineax as lx
+
+# Above this many unknowns the automatic choice for a non-symmetric system switches
+# from dense LU (exact, but it materialises an n x n Jacobian with n JVPs) to GMRES.
+DENSE_LIMIT = 1024
+
+SOLVE_NAMES = ("auto", "cg", "gmres", "bicgstab", "lu", "normal_cg")
+FAILURE_POLICIES = ("raise", "nan")
+
+
+def default_tolerance(dtype) -> float:
+    """Relative and absolute tolerance of the iterative solvers for ``dtype``.
+
+    About ``eps ** 0.75``: far below the error of any outer optimisation, yet safely
+    above the round-off floor where Krylov residuals stagnate (1e-12 in float64,
+    1e-5 in float32).
+    """
+    return 1e-12 if jnp.finfo(dtype).bits >= 64 else 1e-5
+
+
+class LinearSolve(eqx.Module):
+    """A resolved linear-solve configuration (all fields static)."""
+
+    solver: lx.AbstractLinearSolver
+    tags: frozenset = eqx.field(static=True)
+    on_failure: str = eqx.field(static=True)
+    preconditioner: Callable[..., lx.AbstractLinearOperator] | None = eqx.field(static=True)
+
+
+def resolve_solver(
+    solve,
+    *,
+    symmetric: bool,
+    size: int,
+    dtype,
+    rtol: float | None,
+    atol: float | None,
+    max_steps: int | None,
+) -> lx.AbstractLinearSolver:
+    """Map ``solve=`` (``None``, a name, or a lineax solver) to a lineax solver."""
+    if isinstance(solve, lx.AbstractLinearSolver):
+        if rtol is not None or atol is not None or max_steps is not None:
+            raise ValueError(
+                "solve: a lineax solver was given, so set rtol/atol/max_steps on it "
+                f"(e.g. lineax.CG(rtol=..., atol=...)), not as separate arguments; got {solve!r}"
+            )
+        return solve
+    if solve is None:
+        solve = "auto"
+    if not isinstance(solve, str) or solve not in SOLVE_NAMES:
+        raise ValueError(
+            f"solve must be None, a lineax.AbstractLinearSolver or one of {SOLVE_NAMES}; "
+            f"got {solve!r}"
+        )
+    if solve == "auto":
+        solve = "cg" if symmetric else ("lu" if size <= DENSE_LIMIT else "gmres")
+    if solve == "cg" and not symmetric:
+        raise ValueError(
+            "solve='cg' needs a symmetric positive definite Jacobian: pass symmetric=True "
+            "when the optimality function is the gradient of a function being minimised "
+            "(otherwise use 'gmres', 'bicgstab' or 'lu')"
+        )
+    if solve == "lu":
+        if rtol is not None or atol is not None or max_steps is not None:
+            raise ValueError("solve='lu' is a direct solver: rtol, atol and max_steps do not apply")
+        return lx.LU()
+    tol = default_tolerance(dtype)
+    kw: dict[str, Any] = dict(
+        rtol=tol if rtol is None else rtol,
+        atol=tol if atol is None else atol,
+        max_steps=max_steps,
+    )
+    if solve == "cg":
+        return lx.CG(**kw)
+    if solve == "gmres":
+        return lx.GMRES(**kw)
+    if solve == "bicgstab":
+        return lx.BiCGStab(**kw)
+    return lx.NormalCG(**kw)
+
+
+def tags_for(symmetric: bool) -> frozenset:
+    if symmetric:
+        return frozenset({lx.symmetric_tag, lx.positive_semidefinite_tag})
+    return frozenset()
+
+
+def solve_linear(operator: lx.AbstractLinearOperator, vector, config: LinearSolve, precond_args):
+    """Solve ``operator u = vector`` and apply the failure policy.
+
+    ``precond_args`` are ``(params, args, kwargs)`` passed to the user's
+    preconditioner factory, if there is one.
+    """
+    options = {}
+    if config.preconditioner is not None:
+        params, args, kwargs = precond_args
+        options["preconditioner"] = config.preconditioner(params, *args, **kwargs)
+    throw = config.on_failure == "raise"
+    solution = lx.linear_solve(operator, vector, config.solver, options=options, throw=throw)
+    if throw:
+        return solution.value
+    failed = solution.result != lx.RESULTS.successful
+    # Scale by a constant (1 or NaN) rather than select: the result stays linear in
+    # `vector`, so reverse mode can transpose it, and a failure poisons cotangents too.
+    scale = jnp.where(failed, jnp.nan, 1.0)
+    return jax.tree.map(lambda v: v * scale.astype(v.dtype), solution.value)

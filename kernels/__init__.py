@@ -1,0 +1,1 @@
+"""Pallas GPU kernels shipped as ``jaxsecond.kernels``."""

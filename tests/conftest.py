@@ -1,0 +1,50 @@
+"""Test conventions.
+
+* float64 is on for the whole suite: references are compared in double precision.
+  A test that must run in float32 uses the ``float32`` fixture, which turns x64 off
+  for its duration (arrays created inside it default to float32).
+* ``getkey()`` hands out fresh ``jax.random`` keys, deterministic per test.
+* ``@pytest.mark.slow`` tests are deselected by default (``addopts = -m 'not slow'``);
+  run them with ``pytest -m slow``.
+* ``@pytest.mark.gpu`` tests are skipped unless JAX sees a GPU.
+"""
+
+import itertools
+import zlib
+
+import jax
+import pytest
+
+jax.config.update("jax_enable_x64", True)
+
+
+def _has_gpu() -> bool:
+    try:
+        return len(jax.devices("gpu")) > 0
+    except RuntimeError:
+        return False
+
+
+def pytest_collection_modifyitems(config, items):
+    if _has_gpu():
+        return
+    skip = pytest.mark.skip(reason="needs a GPU (JAX sees none)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def getkey(request):
+    """``getkey()`` returns a new PRNG key each call; the sequence depends only on the test."""
+    seed = zlib.crc32(request.node.nodeid.encode())
+    counter = itertools.count()
+    base = jax.random.key(seed)
+    return lambda: jax.random.fold_in(base, next(counter))
+
+
+@pytest.fixture
+def float32():
+    """Run the test body with x64 disabled, so default dtypes are float32."""
+    with jax.enable_x64(False):
+        yield
