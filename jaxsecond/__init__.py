@@ -2,8 +2,14 @@
 
 from jaxsecond.implicit import (
     custom_fixed_point as custom_fixed_point,
+)
+from jaxsecond.implicit import (
     custom_root as custom_root,
+)
+from jaxsecond.implicit import (
     root_jvp as root_jvp,
+)
+from jaxsecond.implicit import (
     root_vjp as root_vjp,
 )
 

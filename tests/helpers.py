@@ -42,7 +42,7 @@ def finite_difference_jvp(fun, primals, tangents, *, eps=1e-6):
 
 
 def finite_difference_grad(fun, x, *, eps=1e-6):
-    """Gradient of scalar ``fun`` at array ``x`` by central differences, one coordinate at a time."""
+    """Gradient of scalar ``fun`` at array ``x`` by central differences, coordinatewise."""
     x = jnp.asarray(x)
     flat = x.reshape(-1)
     basis = jnp.eye(flat.size, dtype=x.dtype)

@@ -2,7 +2,13 @@
 
 from jaxsecond.implicit._root import (
     custom_fixed_point as custom_fixed_point,
+)
+from jaxsecond.implicit._root import (
     custom_root as custom_root,
+)
+from jaxsecond.implicit._root import (
     root_jvp as root_jvp,
+)
+from jaxsecond.implicit._root import (
     root_vjp as root_vjp,
 )

@@ -33,7 +33,6 @@ from jaxsecond._tree import (
     tree_size,
 )
 from jaxsecond.implicit._linear_solve import (
-    FAILURE_POLICIES,
     LinearSolve,
     resolve_solver,
     solve_linear,
@@ -117,7 +116,9 @@ def _solve_and_track_jvp(static, problem: _Problem, primals, tangents):
     # JAX may hand over Python scalars (or typed literals) where arrays went in.
     dynamic = jax.tree.map(jnp.asarray, dynamic)
     t_dynamic = jax.tree.map(
-        _zero_to_none, t_dynamic, is_leaf=lambda t: isinstance(t, jax.custom_derivatives.SymbolicZero)
+        _zero_to_none,
+        t_dynamic,
+        is_leaf=lambda t: isinstance(t, jax.custom_derivatives.SymbolicZero),
     )
     # Re-entering the custom_jvp (not the raw solver) lets an outer JVP trace apply the
     # implicit rule again: that is what makes second order exact.
@@ -231,12 +232,12 @@ def _split_params(init_params, solver_name):
     return params, params_dyn, params_static
 
 
-def _convert(fn, *example):
+def _convert(fn, *args, **kwargs):
     """Closure-convert ``fn`` so closed-over tracers become explicit (differentiable)
     leaves. Solvers that cannot be traced (e.g. NumPy black boxes) are called as they
     are; they then must not close over traced values."""
     try:
-        return eqx.filter_closure_convert(fn, *example)
+        return eqx.filter_closure_convert(fn, *args, **kwargs)
     except _TRACER_ERRORS:
         return fn
 
@@ -271,13 +272,11 @@ def _check_solver_output(solver_name, has_aux, params, out):
         )
 
 
-def _check_options(symmetric, has_aux, on_failure, residual_tol, preconditioner):
+def _check_options(symmetric, has_aux, residual_tol, preconditioner):
     if not isinstance(symmetric, bool):
         raise TypeError(f"symmetric must be a bool, got {symmetric!r}")
     if not isinstance(has_aux, bool):
         raise TypeError(f"has_aux must be a bool, got {has_aux!r}")
-    if on_failure not in FAILURE_POLICIES:
-        raise ValueError(f"on_failure must be one of {FAILURE_POLICIES}, got {on_failure!r}")
     if residual_tol is not None and not residual_tol > 0:
         raise ValueError(f"residual_tol must be positive or None, got {residual_tol!r}")
     if preconditioner is not None and not callable(preconditioner):
@@ -302,7 +301,6 @@ def custom_root(
     atol: float | None = None,
     max_steps: int | None = None,
     preconditioner: Callable | None = None,
-    on_failure: str = "raise",
     residual_tol: float | None = None,
 ):
     """Decorate a solver so that its solution is differentiated implicitly.
@@ -340,15 +338,18 @@ def custom_root(
         preconditioner: ``(params, *args, **kwargs) -> lineax.AbstractLinearOperator``
             approximating ``J^{-1}`` at the solution (tag it positive semidefinite for
             CG).
-        on_failure: what a linear solve that does not converge does. ``"raise"``
-            (default): a run-time error through ``equinox.error_if`` (under ``jit`` too;
-            set the ``EQX_ON_ERROR`` environment variable to change how it surfaces).
-            ``"nan"``: the derivative is NaN, so a training loop can detect it.
         residual_tol: opt-in check of the forward solve: raise at run time when the
             Euclidean norm of ``optimality_fun`` at the returned solution exceeds this.
 
     Returns:
         A decorator. The decorated solver has the same signature.
+
+    Failures are reported, never silent. A linear solve that does not converge (or
+    produces non-finite values) raises a run-time error through equinox's
+    ``error_if``, in every mode and under ``jit``. To get NaN derivatives instead
+    (e.g. to skip a bad step in a training loop), set the environment variable
+    ``EQX_ON_ERROR=nan`` before importing JAX libraries; ``residual_tol`` opts in to
+    the same check on the forward solve.
 
     Example:
         >>> import jax, jax.numpy as jnp, jaxsecond
@@ -365,7 +366,7 @@ def custom_root(
     """
     if not callable(optimality_fun):
         raise TypeError(f"optimality_fun must be callable, got {optimality_fun!r}")
-    _check_options(symmetric, has_aux, on_failure, residual_tol, preconditioner)
+    _check_options(symmetric, has_aux, residual_tol, preconditioner)
     # Catch a bad `solve` name at decoration time, before any data is seen.
     resolve_solver(
         solve,
@@ -411,7 +412,6 @@ def custom_root(
                     max_steps=max_steps,
                 ),
                 tags=tags_for(symmetric),
-                on_failure=on_failure,
                 preconditioner=preconditioner,
             )
             if out_shape is None:
@@ -488,8 +488,8 @@ def custom_fixed_point(
 # ---------------------------------------------------------------------------------------
 
 
-def _linear_config(solve, symmetric, sol_dyn, rtol, atol, max_steps, preconditioner, on_failure):
-    _check_options(symmetric, False, on_failure, None, preconditioner)
+def _linear_config(solve, symmetric, sol_dyn, rtol, atol, max_steps, preconditioner):
+    _check_options(symmetric, False, None, preconditioner)
     return LinearSolve(
         solver=resolve_solver(
             solve,
@@ -501,7 +501,6 @@ def _linear_config(solve, symmetric, sol_dyn, rtol, atol, max_steps, preconditio
             max_steps=max_steps,
         ),
         tags=tags_for(symmetric),
-        on_failure=on_failure,
         preconditioner=preconditioner,
     )
 
@@ -519,7 +518,6 @@ def root_jvp(
     atol: float | None = None,
     max_steps: int | None = None,
     preconditioner: Callable | None = None,
-    on_failure: str = "raise",
 ):
     """Tangent of a root ``sol`` of ``optimality_fun(sol, *args, **kwargs) = 0``.
 
@@ -552,9 +550,7 @@ def root_jvp(
     tangents = (jax.tree.unflatten(args_def, flat_tangents), jax.tree.map(lambda _: None, kwargs))
     _check_optimality(optimality_fun, callable_name(optimality_fun), sol, *theta)
     f_conv = eqx.filter_closure_convert(optimality_fun, sol, *theta[0], **theta[1])
-    linear = _linear_config(
-        solve, symmetric, sol_dyn, rtol, atol, max_steps, preconditioner, on_failure
-    )
+    linear = _linear_config(solve, symmetric, sol_dyn, rtol, atol, max_steps, preconditioner)
     no_tangent = jax.tree.map(lambda _: None, f_conv)
     t_sol = _implicit_tangent(f_conv, sol_static, sol_dyn, theta, (tangents, no_tangent), linear)
     if t_sol is None:
@@ -575,7 +571,6 @@ def root_vjp(
     atol: float | None = None,
     max_steps: int | None = None,
     preconditioner: Callable | None = None,
-    on_failure: str = "raise",
 ) -> tuple:
     """Cotangents of ``args`` given the cotangent of a root ``sol``.
 
@@ -599,9 +594,7 @@ def root_vjp(
     if problem is not None:
         raise ValueError(f"root_vjp: cotangent must be shaped like sol: {problem}")
     f_conv = eqx.filter_closure_convert(optimality_fun, sol, *args, **kwargs)
-    linear = _linear_config(
-        solve, symmetric, sol_dyn, rtol, atol, max_steps, preconditioner, on_failure
-    )
+    linear = _linear_config(solve, symmetric, sol_dyn, rtol, atol, max_steps, preconditioner)
     f_dyn = _optimality_dynamic(f_conv, sol_static)
     operator = lx.JacobianLinearOperator(f_dyn, sol_dyn, (args, kwargs), tags=linear.tags)
     u = solve_linear(
