@@ -5,11 +5,16 @@ that decorates its entry point with :func:`example`. The entry point takes the
 output folder and a ``full`` flag (paper scale instead of quick size) and returns
 an :class:`ExampleResult`.
 
-Example:
-    >>> from jaxsecond._registry import example, ExampleResult
-    >>> @example("toy", area="implicit", description="a toy")
-    ... def run(out, full=False):
-    ...     return ExampleResult(summary="nothing to see", key_figure="x = 1")
+Example (in ``examples/toy.py``)::
+
+    from jaxsecond._registry import ExampleResult, example, script_main
+
+    @example("toy", area="implicit", description="a toy")
+    def run(out, full=False):
+        return ExampleResult(summary="nothing to see", key_figure="x = 1")
+
+    if __name__ == "__main__":
+        script_main(run)
 """
 
 from __future__ import annotations
