@@ -5,7 +5,7 @@ import importlib
 
 import pytest
 
-MODULES = ["jaxsecond.implicit._root"]
+MODULES = ["jaxsecond.implicit._root", "jaxsecond.implicit._linear_solve"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -448,3 +448,25 @@ def test_finite_difference_helper_agrees_with_jvp(ridge):
     fd = finite_difference_jvp(lambda lam_: ridge_closed_form(X, y, lam_), (lam,), (1.0,))
     exact = jax.jvp(lambda lam_: ridge_closed_form(X, y, lam_), (lam,), (1.0,))[1]
     np.testing.assert_allclose(fd, exact, rtol=1e-7)
+
+
+def test_cg_on_small_eigenvalues_in_float32(float32):
+    # Positive definite, eigenvalues spread geometrically over [0.01, 1.72]: well posed
+    # (condition number 172), but small enough in absolute terms to trip lineax CG's
+    # breakdown guard (Rayleigh quotient below 200 n eps = 0.015 here). The default
+    # "cg" (EuclideanCG) has no such guard.
+    n = 650
+    Q, _ = jnp.linalg.qr(jax.random.normal(jax.random.key(0), (n, n)))
+    eigenvalues = jnp.geomspace(0.01, 1.72, n)
+    A = (Q * eigenvalues) @ Q.T
+    A = 0.5 * (A + A.T)
+    b = jax.random.normal(jax.random.key(1), (n,))
+    solver = jaxsecond.custom_root(lambda x, b: A @ x - b, symmetric=True)(
+        lambda x0, b: jnp.linalg.solve(A, b)
+    )
+    g = jax.grad(lambda b: jnp.sum(solver(jnp.zeros(n), b)))(b)
+    ref = np.linalg.solve(np.asarray(A, np.float64), np.ones(n))
+    assert g.dtype == jnp.float32
+    # CG stops at a 1e-5 residual; the condition number 172 amplifies that (and float32
+    # round-off) to ~1e-4 relative in the solution.
+    np.testing.assert_allclose(g, ref, rtol=1e-3, atol=1e-3 * np.abs(ref).max())
