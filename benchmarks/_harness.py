@@ -3,7 +3,8 @@
 A benchmark is a module ``bench_<name>.py`` next to this file that defines
 
 * ``TITLE: str``, the heading of its section in ``RESULTS.md``, and
-* ``run(quick: bool) -> str``, which measures and returns the section body (markdown).
+* ``run(quick: bool) -> str``, which measures and returns the section body (markdown),
+* optionally ``PACKAGES``, names of peer packages whose versions go in the header.
 
 It runs through ``jaxsecond bench [--quick] [NAME ...]`` or as a script
 (``python benchmarks/bench_<name>.py [--quick]``); either way only its own section of

@@ -66,7 +66,7 @@ def proximal_gradient_map(w, log_lams, X, y):
     # Step 1/L with L the Lipschitz constant of grad f. It depends on the data
     # only, so it is not a source of derivative.
     eta = jax.lax.stop_gradient(n / jnp.linalg.norm(X, 2) ** 2)
-    grad_f = X.T @ (X @ w - y) / n
+    grad_f = (X @ w - y) @ X / n  # r @ X: XLA on CPU would copy X.T per iteration
     return prox_elastic_net(w - eta * grad_f, lam1, lam2, eta)
 
 

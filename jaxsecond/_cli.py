@@ -244,7 +244,8 @@ def _cmd_bench(ns: argparse.Namespace) -> int:
             if not isinstance(body, str):
                 raise TypeError(f"run returned {type(body).__name__}, expected a markdown str")
             command = shlex.join([PROG, "bench", *(["--quick"] if ns.quick else []), name])
-            harness.write_section(results, module.TITLE, body, command)
+            packages = tuple(getattr(module, "PACKAGES", ()))
+            harness.write_section(results, module.TITLE, body, command, packages=packages)
         except Exception as exc:
             failed.append(name)
             hint = ""

@@ -14,3 +14,21 @@ def test_docstring_examples(name):
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0, f"{name} has no docstring examples"
     assert result.failed == 0
+
+
+def test_readme_tour_runs():
+    # The README's tour is code users paste first: it must run as written.
+    import pathlib
+
+    readme = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+    text = readme.read_text()
+    start = text.index("```python\n") + len("```python\n")
+    code = text[start : text.index("```", start)]
+    namespace: dict = {}
+    exec(compile(code, str(readme), "exec"), namespace)
+    import jax.numpy as jnp
+
+    # The tour's ridge is solved by 500 gradient steps: check it reached the root.
+    X, y = namespace["X"], namespace["y"]
+    w = namespace["ridge"](jnp.zeros(5), X, y, 1.0)
+    assert float(jnp.abs(namespace["ridge_gradient"](w, X, y, 1.0)).max()) < 1e-6

@@ -17,8 +17,9 @@ import jax.numpy as jnp
 import lineax as lx
 
 # Above this many unknowns the automatic choice for a non-symmetric system switches
-# from dense LU (exact, but it materialises an n x n Jacobian with n JVPs) to GMRES.
-DENSE_LIMIT = 1024
+# from dense LU (exact, but it materialises the n x n Jacobian with n JVPs) to GMRES,
+# which for the well-conditioned systems of contractive fixed points needs far fewer.
+DENSE_LIMIT = 64
 
 SOLVE_NAMES = ("auto", "cg", "gmres", "bicgstab", "lu", "normal_cg")
 

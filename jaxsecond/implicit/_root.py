@@ -326,7 +326,7 @@ def custom_root(
         solve: how ``J u = b`` is solved: a ``lineax.AbstractLinearSolver`` (with its
             own tolerances) or a name: ``"auto"`` (default), ``"cg"``, ``"gmres"``,
             ``"bicgstab"``, ``"lu"``, ``"normal_cg"``. ``"auto"`` picks CG when
-            ``symmetric=True``, otherwise dense LU up to 1024 unknowns and GMRES above.
+            ``symmetric=True``, otherwise dense LU up to 64 unknowns and GMRES above.
         has_aux: the solver returns ``(params, aux)``; ``aux`` is passed through with a
             zero derivative.
         symmetric: declare ``J`` symmetric positive definite. True when
@@ -354,7 +354,7 @@ def custom_root(
     Example:
         >>> import jax, jax.numpy as jnp, jaxsecond
         >>> def grad_ridge(w, X, y, lam):  # gradient of 0.5|Xw - y|^2 + 0.5 lam |w|^2
-        ...     return X.T @ (X @ w - y) + lam * w
+        ...     return (X @ w - y) @ X + lam * w
         >>> @jaxsecond.custom_root(grad_ridge, symmetric=True)
         ... def ridge(w0, X, y, lam):
         ...     return jnp.linalg.solve(X.T @ X + lam * jnp.eye(X.shape[1]), X.T @ y)
