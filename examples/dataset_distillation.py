@@ -155,7 +155,7 @@ def distill(data, *, num_steps: int, learning_rate: float = 0.1, seed: int = 0):
 
     warm = zero_params(dim, X_tr.dtype)
     losses = []
-    for _ in tqdm(range(num_steps), desc="distillation", leave=False):
+    for _ in tqdm(range(num_steps), desc="distillation", leave=False, disable=None):
         image_logits, opt_state, warm, loss = step(image_logits, opt_state, warm)
         losses.append(float(loss))
     return image_logits, np.array(losses)

@@ -182,7 +182,7 @@ def train(data, *, num_steps: int, hidden: int, batch_size: int = 128, seed: int
         return optax.apply_updates(params, updates), opt_state, loss, jnp.mean(iters)
 
     losses, iters = [], []
-    for k in tqdm(range(num_steps), desc="DEQ training", leave=False):
+    for k in tqdm(range(num_steps), desc="DEQ training", leave=False, disable=None):
         params, opt_state, loss, it = step(params, opt_state, jax.random.fold_in(key, k))
         losses.append(float(loss))
         iters.append(float(it))

@@ -192,7 +192,7 @@ def run(out: pathlib.Path, full: bool = False) -> ExampleResult:
         max_force = float(jnp.max(jnp.abs(energy_gradient(x_star, sigma, system))))
 
         memory = {"unrolled": [], "implicit": []}
-        for steps in tqdm(step_counts, desc="compiling gradients", leave=False):
+        for steps in tqdm(step_counts, desc="compiling gradients", leave=False, disable=None):
             for name, nbytes in reverse_mode_memory(system, sigma, steps).items():
                 memory[name].append(nbytes)
 

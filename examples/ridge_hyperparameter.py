@@ -172,7 +172,7 @@ def tune(data, num_steps: int, learning_rate: float = 20.0, log_lam0: float = IN
     # implicit derivative does not depend on where the iterations started.
     w = jnp.zeros(X.shape[1], X.dtype)
     log_lams, losses = [], []
-    for _ in tqdm(range(num_steps), desc="outer steps", leave=False):
+    for _ in tqdm(range(num_steps), desc="outer steps", leave=False, disable=None):
         log_lams.append(float(log_lam))
         log_lam, w, value = outer_step(log_lam, w)
         losses.append(float(value))
