@@ -470,3 +470,23 @@ def test_cg_on_small_eigenvalues_in_float32(float32):
     # CG stops at a 1e-5 residual; the condition number 172 amplifies that (and float32
     # round-off) to ~1e-4 relative in the solution.
     np.testing.assert_allclose(g, ref, rtol=1e-3, atol=1e-3 * np.abs(ref).max())
+
+
+def test_numpy_black_box_solver(ridge):
+    X, y, lam = ridge
+
+    @jaxsecond.custom_root(ridge_grad, symmetric=True, has_aux=True)
+    def numpy_ridge(w0, X, y, lam):
+        X, y = np.asarray(X), np.asarray(y)
+        A = X.T @ X + float(lam) * np.eye(X.shape[1])
+        return np.linalg.solve(A, X.T @ y), {"solver": "numpy", "cond": np.linalg.cond(A)}
+
+    w0 = jnp.zeros(X.shape[1])
+    sol, aux = numpy_ridge(w0, X, y, lam)
+    assert aux["solver"] == "numpy" and float(aux["cond"]) > 1
+    ref = jax.jacfwd(ridge_closed_form, argnums=2)(X, y, lam)
+    for mode in (jax.jacrev, jax.jacfwd):
+        jac = mode(lambda lam: numpy_ridge(w0, X, y, lam)[0])(lam)
+        assert_tree_allclose(jac, ref, rtol=TOL, atol=TOL)
+    with pytest.raises(TypeError, match=r"numpy_ridge cannot be traced .*pure_callback"):
+        jax.jit(lambda lam: numpy_ridge(w0, X, y, lam)[0])(lam)

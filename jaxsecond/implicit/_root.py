@@ -56,11 +56,13 @@ class _Problem(eqx.Module):
     """Everything static about one decorated call."""
 
     params_static: Any
-    aux_static: Any
     has_aux: bool = eqx.field(static=True)
     residual_tol: float | None = eqx.field(static=True)
     solver_name: str = eqx.field(static=True)
     linear: LinearSolve
+    # For a solver JAX cannot trace: None otherwise. Receives the static part of aux
+    # once the solver has run.
+    black_box_aux: list | None = eqx.field(static=True)
 
 
 def _optimality_dynamic(f_conv, params_static):
@@ -94,7 +96,10 @@ def _solve_and_track_p(static, problem: _Problem, dynamic):
     params_dyn, theta, f_conv, s_conv = eqx.combine(dynamic, static)
     args, kwargs = theta
     params = eqx.combine(params_dyn, problem.params_static)
-    out = s_conv(params, *args, **kwargs)
+    if problem.black_box_aux is None:
+        out = s_conv(params, *args, **kwargs)
+    else:
+        out = _run_black_box(s_conv, problem, params, args, kwargs)
     sol, aux = out if problem.has_aux else (out, None)
     sol_dyn = eqx.filter(sol, eqx.is_array)
     aux_dyn = eqx.filter(aux, eqx.is_array)
@@ -108,6 +113,21 @@ def _solve_and_track_p(static, problem: _Problem, dynamic):
             f"residual_tol={problem.residual_tol} (or is not finite)",
         )
     return sol_dyn, aux_dyn
+
+
+def _run_black_box(solver, problem: _Problem, params, args, kwargs):
+    try:
+        out = as_array_leaves(solver(params, *args, **kwargs))
+    except _TRACER_ERRORS as e:
+        raise TypeError(
+            f"solver {problem.solver_name} cannot be traced by JAX (it needs concrete "
+            "values), so it only runs outside jax.jit, jax.vmap and nested derivatives; "
+            "wrap its non-JAX part in jax.pure_callback to use it there"
+        ) from e
+    _check_solver_output(problem.solver_name, problem.has_aux, params, out)
+    if problem.has_aux:
+        problem.black_box_aux[:] = [eqx.filter(out[1], eqx.is_array, inverse=True)]
+    return out
 
 
 def _solve_and_track_jvp(static, problem: _Problem, primals, tangents):
@@ -232,16 +252,6 @@ def _split_params(init_params, solver_name):
     return params, params_dyn, params_static
 
 
-def _convert(fn, *args, **kwargs):
-    """Closure-convert ``fn`` so closed-over tracers become explicit (differentiable)
-    leaves. Solvers that cannot be traced (e.g. NumPy black boxes) are called as they
-    are; they then must not close over traced values."""
-    try:
-        return eqx.filter_closure_convert(fn, *args, **kwargs)
-    except _TRACER_ERRORS:
-        return fn
-
-
 def _check_optimality(optimality_fun, name, params, args, kwargs):
     try:
         out = eqx.filter_eval_shape(optimality_fun, params, *args, **kwargs)
@@ -320,6 +330,12 @@ def custom_root(
     Hessian-vector products, for params that are any pytree of floating-point arrays
     (dicts, tuples, equinox Modules).
 
+    The solver itself may be anything that returns the solution: a JAX loop, a call
+    to another library, or a NumPy/SciPy black box. A black box that JAX cannot trace
+    is called on concrete values, so it works with ``jax.grad``, ``jax.jvp`` and
+    ``jax.jacfwd``/``jax.jacrev`` but not inside ``jax.jit``, ``jax.vmap`` or nested
+    derivatives (wrap it in ``jax.pure_callback`` for those).
+
     Args:
         optimality_fun: ``(params, *args, **kwargs) -> pytree shaped like params``,
             zero at the solution. Must be differentiable by JAX.
@@ -390,16 +406,19 @@ def custom_root(
             theta = as_array_leaves((args, kwargs))
             args_, kwargs_ = theta
             _check_optimality(optimality_fun, opt_name, params, args_, kwargs_)
-            s_conv = _convert(solver, params, *args_, **kwargs_)
+            # Closure conversion makes traced values the solver closes over explicit. A
+            # solver JAX cannot trace (a NumPy/SciPy black box) is run as it is, on
+            # concrete values, and checked on its output instead.
             try:
+                s_conv = eqx.filter_closure_convert(solver, params, *args_, **kwargs_)
                 out_shape = eqx.filter_eval_shape(s_conv, params, *args_, **kwargs_)
             except _TRACER_ERRORS:
-                out_shape = None  # an untraceable black box; checked on its output below
+                s_conv, out_shape = solver, None
+            aux_static = None
             if out_shape is not None:
                 _check_solver_output(solver_name, has_aux, params, out_shape)
-                aux_static = (
-                    eqx.filter(out_shape[1], _is_arrayish, inverse=True) if has_aux else None
-                )
+                if has_aux:
+                    aux_static = eqx.filter(out_shape[1], _is_arrayish, inverse=True)
             f_conv = eqx.filter_closure_convert(optimality_fun, params, *args_, **kwargs_)
             linear = LinearSolve(
                 solver=resolve_solver(
@@ -414,21 +433,19 @@ def custom_root(
                 tags=tags_for(symmetric),
                 preconditioner=preconditioner,
             )
-            if out_shape is None:
-                out = solver(params, *args_, **kwargs_)
-                _check_solver_output(solver_name, has_aux, params, out)
-                aux_static = eqx.filter(out[1], eqx.is_array, inverse=True) if has_aux else None
             problem = _Problem(
                 params_static=params_static,
-                aux_static=aux_static,
                 has_aux=has_aux,
                 residual_tol=residual_tol,
                 solver_name=solver_name,
                 linear=linear,
+                black_box_aux=None if out_shape is not None else [],
             )
             sol_dyn, aux_dyn = _solve_and_track(params_dyn, theta, f_conv, s_conv, problem)
             sol = eqx.combine(sol_dyn, params_static)
             if has_aux:
+                if problem.black_box_aux is not None:
+                    (aux_static,) = problem.black_box_aux
                 return sol, eqx.combine(aux_dyn, aux_static)
             return sol
 
