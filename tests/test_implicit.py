@@ -484,6 +484,7 @@ def test_numpy_black_box_solver(ridge):
     w0 = jnp.zeros(X.shape[1])
     sol, aux = numpy_ridge(w0, X, y, lam)
     assert aux["solver"] == "numpy" and float(aux["cond"]) > 1
+    assert_tree_allclose(sol, ridge_closed_form(X, y, lam), rtol=TOL)
     ref = jax.jacfwd(ridge_closed_form, argnums=2)(X, y, lam)
     for mode in (jax.jacrev, jax.jacfwd):
         jac = mode(lambda lam: numpy_ridge(w0, X, y, lam)[0])(lam)
