@@ -296,6 +296,22 @@ def _check_options(symmetric, has_aux, residual_tol, preconditioner):
         )
 
 
+def _linear_config(solve, symmetric, sol_dyn, rtol, atol, max_steps, preconditioner):
+    return LinearSolve(
+        solver=resolve_solver(
+            solve,
+            symmetric=symmetric,
+            size=tree_size(sol_dyn),
+            dtype=tree_dtype(sol_dyn),
+            rtol=rtol,
+            atol=atol,
+            max_steps=max_steps,
+        ),
+        tags=tags_for(symmetric),
+        preconditioner=preconditioner,
+    )
+
+
 # ---------------------------------------------------------------------------------------
 # Public decorators.
 # ---------------------------------------------------------------------------------------
@@ -420,18 +436,8 @@ def custom_root(
                 if has_aux:
                     aux_static = eqx.filter(out_shape[1], _is_arrayish, inverse=True)
             f_conv = eqx.filter_closure_convert(optimality_fun, params, *args_, **kwargs_)
-            linear = LinearSolve(
-                solver=resolve_solver(
-                    solve,
-                    symmetric=symmetric,
-                    size=tree_size(params_dyn),
-                    dtype=tree_dtype(params_dyn),
-                    rtol=rtol,
-                    atol=atol,
-                    max_steps=max_steps,
-                ),
-                tags=tags_for(symmetric),
-                preconditioner=preconditioner,
+            linear = _linear_config(
+                solve, symmetric, params_dyn, rtol, atol, max_steps, preconditioner
             )
             problem = _Problem(
                 params_static=params_static,
@@ -505,23 +511,6 @@ def custom_fixed_point(
 # ---------------------------------------------------------------------------------------
 
 
-def _linear_config(solve, symmetric, sol_dyn, rtol, atol, max_steps, preconditioner):
-    _check_options(symmetric, False, None, preconditioner)
-    return LinearSolve(
-        solver=resolve_solver(
-            solve,
-            symmetric=symmetric,
-            size=tree_size(sol_dyn),
-            dtype=tree_dtype(sol_dyn),
-            rtol=rtol,
-            atol=atol,
-            max_steps=max_steps,
-        ),
-        tags=tags_for(symmetric),
-        preconditioner=preconditioner,
-    )
-
-
 def root_jvp(
     optimality_fun: Callable,
     sol,
@@ -567,6 +556,7 @@ def root_jvp(
     tangents = (jax.tree.unflatten(args_def, flat_tangents), jax.tree.map(lambda _: None, kwargs))
     _check_optimality(optimality_fun, callable_name(optimality_fun), sol, *theta)
     f_conv = eqx.filter_closure_convert(optimality_fun, sol, *theta[0], **theta[1])
+    _check_options(symmetric, False, None, preconditioner)
     linear = _linear_config(solve, symmetric, sol_dyn, rtol, atol, max_steps, preconditioner)
     no_tangent = jax.tree.map(lambda _: None, f_conv)
     t_sol = _implicit_tangent(f_conv, sol_static, sol_dyn, theta, (tangents, no_tangent), linear)
@@ -612,6 +602,7 @@ def root_vjp(
     if problem is not None:
         raise ValueError(f"root_vjp: cotangent must be shaped like sol: {problem}")
     f_conv = eqx.filter_closure_convert(optimality_fun, sol, *args, **kwargs)
+    _check_options(symmetric, False, None, preconditioner)
     linear = _linear_config(solve, symmetric, sol_dyn, rtol, atol, max_steps, preconditioner)
     f_dyn = _optimality_dynamic(f_conv, sol_static)
     operator = lx.JacobianLinearOperator(f_dyn, sol_dyn, (args, kwargs), tags=linear.tags)
