@@ -1,5 +1,29 @@
 """jaxsecond: implicit, second-order and reversible differentiation for JAX."""
 
+from jaxsecond.curvature import (
+    gnvp as gnvp,
+)
+from jaxsecond.curvature import (
+    grad_and_hvp as grad_and_hvp,
+)
+from jaxsecond.curvature import (
+    hessian_eigenvalues as hessian_eigenvalues,
+)
+from jaxsecond.curvature import (
+    hessian_spectral_density as hessian_spectral_density,
+)
+from jaxsecond.curvature import (
+    hutchinson_diagonal as hutchinson_diagonal,
+)
+from jaxsecond.curvature import (
+    hutchinson_trace as hutchinson_trace,
+)
+from jaxsecond.curvature import (
+    hutchpp_trace as hutchpp_trace,
+)
+from jaxsecond.curvature import (
+    hvp as hvp,
+)
 from jaxsecond.implicit import (
     custom_fixed_point as custom_fixed_point,
 )

@@ -5,7 +5,13 @@ import importlib
 
 import pytest
 
-MODULES = ["jaxsecond.implicit._root", "jaxsecond.implicit._linear_solve"]
+MODULES = [
+    "jaxsecond.implicit._root",
+    "jaxsecond.implicit._linear_solve",
+    "jaxsecond.curvature._products",
+    "jaxsecond.curvature._hutchinson",
+    "jaxsecond.curvature._lanczos",
+]
 
 
 @pytest.mark.parametrize("name", MODULES)
