@@ -23,7 +23,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
@@ -146,7 +145,8 @@ def hutchinson_diagonal(
             the spread of the per-probe estimates (NaN with one sample).
 
     Returns:
-        A pytree shaped like ``params`` (or ``(estimate, stderr)``).
+        A pytree shaped like ``params`` (or ``(estimate, stderr)``), with ``None`` where
+        ``params`` has non-array leaves (as ``equinox.filter_grad`` does).
 
     Example:
         >>> import jax, jax.numpy as jnp, jaxsecond
@@ -156,7 +156,7 @@ def hutchinson_diagonal(
         >>> print(d["w"], d["b"])
         [12. 48.] 2.0
     """
-    f, dynamic, static = scalar_function(fun, params)
+    f, dynamic = scalar_function(fun, params)
     check_key(key)
     check_count(num_samples, "num_samples")
     if batch_size is not None:
@@ -169,10 +169,7 @@ def hutchinson_diagonal(
         return jax.tree.map(jnp.multiply, z, hz)
 
     mean, stderr = streaming_mean(sample, num_samples, batch_size)
-    mean = eqx.combine(mean, static)
-    if return_stderr:
-        return mean, eqx.combine(stderr, static)
-    return mean
+    return (mean, stderr) if return_stderr else mean
 
 
 def hutchinson_trace(
@@ -205,7 +202,7 @@ def hutchinson_trace(
         >>> print(jaxsecond.hutchinson_trace(f, jnp.zeros(4), jax.random.key(0), 4))
         10.0
     """
-    f, dynamic, static = scalar_function(fun, params)
+    f, dynamic = scalar_function(fun, params)
     check_key(key)
     check_count(num_samples, "num_samples")
     if batch_size is not None:
@@ -220,7 +217,7 @@ def hutchinson_trace(
 
     (leaf_mean, total_mean), (leaf_err, total_err) = streaming_mean(sample, num_samples, batch_size)
     if per_leaf:
-        estimate, stderr = eqx.combine(leaf_mean, static), eqx.combine(leaf_err, static)
+        estimate, stderr = leaf_mean, leaf_err
     else:
         estimate, stderr = total_mean, total_err
     return (estimate, stderr) if return_stderr else estimate
@@ -255,7 +252,7 @@ def hutchpp_trace(
         >>> print(f"{float(t):.3f}")  # exact (1.96875): the sketch spans the whole space
         1.969
     """
-    f, dynamic, _ = scalar_function(fun, params)
+    f, dynamic = scalar_function(fun, params)
     check_key(key)
     check_count(num_matvecs, "num_matvecs", 3)
     if num_matvecs % 3:

@@ -36,7 +36,7 @@ def split_params(params, name: str = "params"):
 
 def scalar_function(fun: Callable, params, name: str = "fun"):
     """``fun`` restricted to the floating-point arrays of ``params``, checked to return a
-    real scalar. Returns ``(f, dynamic, static)`` with ``f(dynamic) = fun(params)``."""
+    real scalar. Returns ``(f, dynamic)`` with ``f(dynamic) = fun(params)``."""
     if not callable(fun):
         raise TypeError(f"{name} must be callable, got {fun!r}")
     dynamic, static = split_params(params)
@@ -56,7 +56,7 @@ def scalar_function(fun: Callable, params, name: str = "fun"):
             f"{name} ({callable_name(fun)}) must return a real floating-point scalar, "
             f"got dtype {out.dtype}"
         )
-    return f, dynamic, static
+    return f, dynamic
 
 
 def check_vector(vector, dynamic, name: str = "vector"):
@@ -81,7 +81,8 @@ def hvp(fun: Callable, params, vector):
         vector: a pytree shaped like ``params`` (its non-array leaves are ignored).
 
     Returns:
-        A pytree shaped like ``params``.
+        A pytree shaped like ``params``, with ``None`` at its non-array leaves (as
+        ``equinox.filter_grad`` does for an equinox Module's functions and flags).
 
     Example:
         >>> import jax.numpy as jnp, jaxsecond
@@ -108,10 +109,10 @@ def grad_and_hvp(fun: Callable, params, vector):
         >>> print(value, grad, hv)  # 9, 3x^2, 6x
         9.0 [ 3. 12.] [ 6. 12.]
     """
-    f, dynamic, static = scalar_function(fun, params)
+    f, dynamic = scalar_function(fun, params)
     vec = check_vector(vector, dynamic)
     (value, grad), (_, hv) = jax.jvp(jax.value_and_grad(f), (dynamic,), (vec,))
-    return value, eqx.combine(grad, static), eqx.combine(hv, static)
+    return value, grad, hv
 
 
 def gnvp(model: Callable, loss: Callable, params, vector):
@@ -148,7 +149,7 @@ def gnvp(model: Callable, loss: Callable, params, vector):
 
     # Linearise once: the same linear map gives J v and, transposed, J^T u.
     outputs, jacobian = jax.linearize(m, dynamic)
-    loss_fn, out_dynamic, _ = scalar_function(loss, outputs, name="loss")
+    loss_fn, out_dynamic = scalar_function(loss, outputs, name="loss")
     h_jv = jax.jvp(jax.grad(loss_fn), (out_dynamic,), (jacobian(vec),))[1]
     (out,) = jax.linear_transpose(jacobian, dynamic)(h_jv)
-    return eqx.combine(out, static)
+    return out
