@@ -24,6 +24,45 @@ from jaxsecond.curvature import (
 from jaxsecond.curvature import (
     hvp as hvp,
 )
+from jaxsecond.diffeq import (
+    RK4 as RK4,
+)
+from jaxsecond.diffeq import (
+    AbstractAdjoint as AbstractAdjoint,
+)
+from jaxsecond.diffeq import (
+    AbstractReversibleSolver as AbstractReversibleSolver,
+)
+from jaxsecond.diffeq import (
+    AbstractSolver as AbstractSolver,
+)
+from jaxsecond.diffeq import (
+    Checkpointed as Checkpointed,
+)
+from jaxsecond.diffeq import (
+    Euler as Euler,
+)
+from jaxsecond.diffeq import (
+    Heun as Heun,
+)
+from jaxsecond.diffeq import (
+    Midpoint as Midpoint,
+)
+from jaxsecond.diffeq import (
+    Reversible as Reversible,
+)
+from jaxsecond.diffeq import (
+    ReversibleAdjoint as ReversibleAdjoint,
+)
+from jaxsecond.diffeq import (
+    ReversibleHeun as ReversibleHeun,
+)
+from jaxsecond.diffeq import (
+    StoreAll as StoreAll,
+)
+from jaxsecond.diffeq import (
+    odeint as odeint,
+)
 from jaxsecond.implicit import (
     custom_fixed_point as custom_fixed_point,
 )

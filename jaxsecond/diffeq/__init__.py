@@ -1,0 +1,42 @@
+"""Differential equations: fixed-step solvers, reversible solvers and their adjoints."""
+
+from jaxsecond.diffeq._adjoint import (
+    AbstractAdjoint as AbstractAdjoint,
+)
+from jaxsecond.diffeq._adjoint import (
+    Checkpointed as Checkpointed,
+)
+from jaxsecond.diffeq._adjoint import (
+    ReversibleAdjoint as ReversibleAdjoint,
+)
+from jaxsecond.diffeq._adjoint import (
+    StoreAll as StoreAll,
+)
+from jaxsecond.diffeq._odeint import odeint as odeint
+from jaxsecond.diffeq._solvers import (
+    RK4 as RK4,
+)
+from jaxsecond.diffeq._solvers import (
+    AbstractReversibleSolver as AbstractReversibleSolver,
+)
+from jaxsecond.diffeq._solvers import (
+    AbstractSolver as AbstractSolver,
+)
+from jaxsecond.diffeq._solvers import (
+    Euler as Euler,
+)
+from jaxsecond.diffeq._solvers import (
+    ExplicitRungeKutta as ExplicitRungeKutta,
+)
+from jaxsecond.diffeq._solvers import (
+    Heun as Heun,
+)
+from jaxsecond.diffeq._solvers import (
+    Midpoint as Midpoint,
+)
+from jaxsecond.diffeq._solvers import (
+    Reversible as Reversible,
+)
+from jaxsecond.diffeq._solvers import (
+    ReversibleHeun as ReversibleHeun,
+)

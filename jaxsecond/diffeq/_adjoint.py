@@ -1,0 +1,303 @@
+"""How gradients of a solve are computed: the adjoints.
+
+* :class:`StoreAll`: differentiate the loop itself; reverse mode stores every step.
+* :class:`Checkpointed`: store a few states per output interval, recompute the rest.
+* :class:`ReversibleAdjoint`: store nothing; reconstruct states backwards with the
+  solver's exact inverse step.
+
+Each works under ``jax.jvp``, ``jax.grad``, ``jax.vmap``, ``jax.jit`` and to second
+order. The reversible adjoint is built so that forward mode never meets a
+``custom_vjp``: the solve is a ``custom_jvp`` whose tangent is a primitive, linear in
+the input tangents, computed by forward-mode propagation (O(1) memory). Reverse mode
+transposes that primitive, and its transpose rule is the backward reconstruction. Both
+rules are ordinary JAX code, so they can themselves be differentiated (second order).
+"""
+
+from __future__ import annotations
+
+import abc
+import functools
+
+import equinox as eqx
+import equinox.internal as eqxi
+import jax
+import jax.numpy as jnp
+from jax.interpreters import ad
+
+from jaxsecond.diffeq._integrate import integrate, step_times
+from jaxsecond.diffeq._solvers import AbstractReversibleSolver, AbstractSolver
+
+
+class AbstractAdjoint(eqx.Module):
+    """How ``odeint`` differentiates a solve: ``solve(solver, f, y0, args, ts,
+    steps_per_interval) -> ys``. ``f`` is closure-converted (its closed-over arrays are
+    leaves), so an adjoint can differentiate with respect to them."""
+
+    @abc.abstractmethod
+    def solve(self, solver: AbstractSolver, f, y0, args, ts, steps_per_interval: int):
+        """Return the solution at every time in ``ts``."""
+
+
+class StoreAll(AbstractAdjoint):
+    """Differentiate through every step: exact discrete gradients, memory linear in the
+    number of steps for reverse mode (forward mode needs none)."""
+
+    def solve(self, solver, f, y0, args, ts, steps_per_interval):
+        return integrate(solver, f, y0, args, ts, steps_per_interval)[0]
+
+
+class Checkpointed(AbstractAdjoint):
+    """Store ``num_checkpoints`` states per output interval and recompute between them
+    in the backward pass (``jax.checkpoint``).
+
+    Reverse-mode memory, in states: ``(len(ts) - 1) * num_checkpoints`` checkpoints
+    plus ``ceil(steps_per_interval / num_checkpoints)`` recomputed steps, instead of
+    ``(len(ts) - 1) * steps_per_interval``; compute: one extra forward pass. Exact
+    discrete gradients, as :class:`StoreAll`.
+    """
+
+    num_checkpoints: int = 4
+
+    def __check_init__(self):
+        if isinstance(self.num_checkpoints, bool) or not (
+            isinstance(self.num_checkpoints, int) and self.num_checkpoints >= 1
+        ):
+            raise ValueError(
+                f"num_checkpoints must be an integer >= 1, got {self.num_checkpoints!r}"
+            )
+
+    def solve(self, solver, f, y0, args, ts, steps_per_interval):
+        segments = min(self.num_checkpoints, steps_per_interval)
+        per_segment = -(-steps_per_interval // segments)
+
+        def interval_fn(_):
+            def run_interval(carry, i):
+                @jax.checkpoint
+                def segment(carry, s):
+                    def one_step(carry, r):
+                        j = s * per_segment + r
+                        y, state = carry
+                        t0, t1 = step_times(ts, i, j, steps_per_interval)
+                        new = solver.step(f, t0, t1, y, state, args)
+                        # Steps past the end of the interval (uneven split) do nothing.
+                        keep = j < steps_per_interval
+                        return jax.tree.map(lambda a, b: jnp.where(keep, a, b), new, carry), None
+
+                    return jax.lax.scan(one_step, carry, jnp.arange(per_segment))[0], None
+
+                return jax.lax.scan(segment, carry, jnp.arange(segments))[0]
+
+            return run_interval
+
+        return integrate(solver, f, y0, args, ts, steps_per_interval, interval_fn=interval_fn)[0]
+
+
+class ReversibleAdjoint(AbstractAdjoint):
+    """Exact gradients in O(1) memory in the number of steps, for reversible solvers
+    (:class:`ReversibleHeun`, :class:`Reversible`).
+
+    Reverse mode reconstructs each state from the next with the solver's inverse step
+    and back-propagates through that one step, so the trajectory is never stored:
+    memory is that of a few states, whatever the number of steps; compute is about one
+    extra forward pass. The gradients are those of the discretisation (as
+    :class:`StoreAll`), up to the round-off of the reconstruction. Forward mode
+    propagates tangents alongside the solve (O(1) memory). No derivatives with respect
+    to ``ts``.
+    """
+
+    def solve(self, solver, f, y0, args, ts, steps_per_interval):
+        if not isinstance(solver, AbstractReversibleSolver):
+            raise ValueError(
+                "adjoint=ReversibleAdjoint() needs a reversible solver (ReversibleHeun() or "
+                f"Reversible(base_solver)), got {type(solver).__name__}"
+            )
+        return _reversible_solve(solver, steps_per_interval, f, y0, args, ts)
+
+
+# --------------------------------------------------------------------------------------
+# The reversible solve: custom_jvp over the solve, primitive for its tangent.
+# --------------------------------------------------------------------------------------
+
+
+def _reversible_solve(solver, steps, f, y0, args, ts):
+    dynamic, static = eqx.partition((f, y0, args, ts), eqx.is_array)
+    return _reversible_solve_jvp(static, solver, steps, dynamic)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1, 2))
+def _reversible_solve_jvp(static, solver, steps, dynamic):
+    f, y0, args, ts = eqx.combine(jax.tree.map(jnp.asarray, dynamic), static)
+    return integrate(solver, f, y0, args, ts, steps)[0]
+
+
+@_reversible_solve_jvp.defjvp
+def _reversible_solve_jvp_rule(static, solver, steps, primals, tangents):
+    (dynamic,) = primals
+    (t_dynamic,) = tangents
+    dynamic = jax.tree.map(jnp.asarray, dynamic)
+    ys = _reversible_solve_jvp(static, solver, steps, dynamic)
+    f, y0, args, ts = eqx.combine(dynamic, static)
+    # Tangents of (f, y0, args): arrays at floating-point leaves, None elsewhere. No
+    # derivative with respect to ts.
+    t_f, t_y0, t_args, _ = _floating_tangents(dynamic, t_dynamic)
+    (t_ys,) = eqxi.filter_primitive_bind(
+        _tangent_p, solver, steps, ts, (f, y0, args), (t_f, t_y0, t_args)
+    )
+    return ys, t_ys
+
+
+def _floating_tangents(primals, tangents):
+    """Tangents as arrays for floating-point leaves (zeros where symbolic), else None."""
+
+    def one(p, t):
+        if not jnp.issubdtype(p.dtype, jnp.inexact):
+            return None
+        if t is None or isinstance(t, ad.Zero) or getattr(t, "dtype", None) == jax.dtypes.float0:
+            return jnp.zeros_like(p)
+        return jnp.asarray(t, p.dtype)
+
+    return jax.tree.map(one, primals, tangents)
+
+
+def _forward_fn(solver, steps, ts):
+    def forward(tree):
+        f, y0, args = tree
+        return integrate(solver, f, y0, args, ts, steps)[0]
+
+    return forward
+
+
+def _tangent_impl(solver, steps, ts, primals, tangents):
+    # Forward mode: tangents ride along with the solve, nothing is stored.
+    _, out = eqx.filter_jvp(_forward_fn(solver, steps, ts), (primals,), (tangents,))
+    return (out,)
+
+
+def _to_struct(x):
+    if isinstance(x, jax.core.ShapedArray):
+        return jax.ShapeDtypeStruct(x.shape, x.dtype)
+    return x
+
+
+def _tangent_abstract_eval(solver, steps, ts, primals, tangents):
+    ts, primals, tangents = jax.tree.map(_to_struct, (ts, primals, tangents))
+    out = eqx.filter_eval_shape(_tangent_impl, solver, steps, ts, primals, tangents)
+    return jax.tree.map(lambda s: jax.core.ShapedArray(s.shape, s.dtype), out)
+
+
+def _tangent_jvp(primals_in, tangents_in):
+    solver, steps, ts, primals, tangents = primals_in
+    _, _, _, d_primals, d_tangents = tangents_in
+    out = eqxi.filter_primitive_bind(_tangent_p, solver, steps, ts, primals, tangents)
+    terms = []
+    if any(t is not None for t in jax.tree.leaves(d_tangents, is_leaf=lambda x: x is None)):
+        d_tangents = jax.tree.map(
+            lambda t, d: None if t is None else (jnp.zeros_like(t) if d is None else d),
+            tangents,
+            d_tangents,
+            is_leaf=lambda x: x is None,
+        )
+        terms.append(
+            eqxi.filter_primitive_bind(_tangent_p, solver, steps, ts, primals, d_tangents)[0]
+        )
+    if any(d is not None for d in jax.tree.leaves(d_primals)):
+        # Second order: how the tangent moves with the primal inputs. Plain JAX (a JVP
+        # of the forward-mode solve), so further transformations just work.
+        d_primals = jax.tree.map(
+            lambda p, d: jnp.zeros_like(p) if d is None and eqx.is_inexact_array(p) else d,
+            primals,
+            d_primals,
+            is_leaf=lambda x: x is None,
+        )
+        _, term = eqx.filter_jvp(
+            lambda p: _tangent_impl(solver, steps, ts, p, tangents)[0], (primals,), (d_primals,)
+        )
+        terms.append(term)
+    if not terms:
+        return out, None
+    total = terms[0]
+    for term in terms[1:]:
+        total = jax.tree.map(jnp.add, total, term)
+    return out, (total,)
+
+
+def _tangent_transpose(inputs, cts_out):
+    solver, steps, ts, primals, tangents = inputs
+    (ct_ys,) = cts_out
+    f, y0, args = primals
+    ct_f, ct_y0, ct_args = _backward(solver, steps, ts, f, y0, args, ct_ys)
+    is_leaf = lambda x: x is None or isinstance(x, ad.UndefinedPrimal)
+    # Both trees have None exactly at the non-floating leaves, so they align leafwise.
+    cts = jax.tree.map(
+        lambda t, ct: ct if isinstance(t, ad.UndefinedPrimal) else None,
+        tangents,
+        (ct_f, ct_y0, ct_args),
+        is_leaf=is_leaf,
+    )
+    no_ct = lambda tree: jax.tree.map(lambda _: None, tree)
+    return no_ct(solver), no_ct(steps), no_ct(ts), no_ct(primals), cts
+
+
+def _backward(solver, steps, ts, f, y0, args, ct_ys):
+    """Reverse pass by reconstruction: cotangents of ``(f, y0, args)``."""
+    _, (y_end, state_end) = integrate(solver, f, y0, args, ts, steps)
+    num_intervals = ts.shape[0] - 1
+    diff = lambda x: eqx.is_inexact_array(x)
+    theta = (f, args)
+    zeros_theta = jax.tree.map(lambda x: jnp.zeros_like(x) if diff(x) else None, theta)
+    zeros_state = jax.tree.map(jnp.zeros_like, state_end)
+    ct_last = jax.tree.map(lambda c: c[-1], ct_ys)
+
+    def step_back(carry, j, i):
+        y1, state1, ct_y1, ct_state1, ct_theta = carry
+        t0, t1 = step_times(ts, i, j, steps)
+        y0_, state0 = solver.backward_step(f, t0, t1, y1, state1, args)
+
+        def forward_step(y, state, theta):
+            f_, args_ = theta
+            return solver.step(f_, t0, t1, y, state, args_)
+
+        _, vjp = eqx.filter_vjp(forward_step, y0_, state0, theta)
+        ct_y0, ct_state0, ct_th = vjp((ct_y1, ct_state1))
+        ct_theta = jax.tree.map(
+            lambda a, b: a if b is None else a + b, ct_theta, ct_th, is_leaf=lambda x: x is None
+        )
+        return (y0_, state0, ct_y0, _fill(ct_state0, state0), ct_theta), None
+
+    def interval_back(carry, i):
+        carry, _ = jax.lax.scan(
+            lambda c, j: step_back(c, j, i), carry, jnp.arange(steps - 1, -1, -1)
+        )
+        y, state, ct_y, ct_state, ct_theta = carry
+        ct_y = jax.tree.map(lambda a, c: a + c[i], ct_y, ct_ys)
+        return (y, state, ct_y, ct_state, ct_theta), None
+
+    init = (y_end, state_end, ct_last, zeros_state, zeros_theta)
+    carry, _ = jax.lax.scan(interval_back, init, jnp.arange(num_intervals - 1, -1, -1))
+    y_start, _, ct_y, ct_state, ct_theta = carry
+    # The initial solver state depends on y0 and theta too (e.g. a cached f(t0, y0)).
+    _, vjp_init = eqx.filter_vjp(
+        lambda y, theta: solver.init(theta[0], ts[0], y, theta[1]), y_start, theta
+    )
+    ct_y_init, ct_th = vjp_init(ct_state)
+    ct_y0 = jax.tree.map(jnp.add, ct_y, ct_y_init)
+    ct_theta = jax.tree.map(
+        lambda a, b: a if b is None else a + b, ct_theta, ct_th, is_leaf=lambda x: x is None
+    )
+    return ct_theta[0], ct_y0, ct_theta[1]
+
+
+def _fill(ct, like):
+    """Zeros for None cotangents so the scan carry keeps its structure."""
+    return jax.tree.map(
+        lambda c, x: jnp.zeros_like(x) if c is None else c, ct, like, is_leaf=lambda x: x is None
+    )
+
+
+_tangent_p = eqxi.create_vprim(
+    "jaxsecond_reversible_tangent",
+    eqxi.filter_primitive_def(_tangent_impl),
+    eqxi.filter_primitive_def(_tangent_abstract_eval),
+    eqxi.filter_primitive_jvp(_tangent_jvp),
+    eqxi.filter_primitive_transpose(materialise_zeros=True)(_tangent_transpose),
+)

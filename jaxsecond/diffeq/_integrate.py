@@ -1,0 +1,64 @@
+"""The forward integration loop shared by every adjoint.
+
+The solve runs on a two-level grid: ``len(ts) - 1`` output intervals, each cut into
+``steps_per_interval`` equal steps. Both levels are ``lax.scan`` loops of static length,
+so the plain loop can be differentiated in every mode, and an adjoint can change how
+its reverse pass stores or recovers states.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+from jaxsecond.diffeq._solvers import AbstractSolver
+
+
+def step_times(ts, i, j, steps_per_interval: int):
+    """Start and end of step ``j`` of output interval ``i`` (end exactly ``ts[i + 1]``)."""
+    t0, t1 = ts[i], ts[i + 1]
+    h = (t1 - t0) / steps_per_interval
+    start = t0 + j * h
+    end = jnp.where(j == steps_per_interval - 1, t1, t0 + (j + 1) * h)
+    return start, end
+
+
+def integrate(
+    solver: AbstractSolver,
+    f: Callable,
+    y0,
+    args,
+    ts,
+    steps_per_interval: int,
+    *,
+    interval_fn: Callable | None = None,
+):
+    """Solve over the grid; returns ``(ys, final_state)`` with ``ys`` stacked over
+    ``ts`` and ``final_state = (y_N, solver_state_N)``.
+
+    ``interval_fn(run_interval) -> run_interval`` lets an adjoint wrap the per-interval
+    loop (e.g. in ``jax.checkpoint``).
+    """
+    state0 = solver.init(f, ts[0], y0, args)
+
+    def run_interval(carry, i):
+        def one_step(carry, j):
+            y, state = carry
+            t0, t1 = step_times(ts, i, j, steps_per_interval)
+            return solver.step(f, t0, t1, y, state, args), None
+
+        carry, _ = jax.lax.scan(one_step, carry, jnp.arange(steps_per_interval))
+        return carry
+
+    if interval_fn is not None:
+        run_interval = interval_fn(run_interval)
+
+    def outer(carry, i):
+        carry = run_interval(carry, i)
+        return carry, carry[0]
+
+    final, ys = jax.lax.scan(outer, (y0, state0), jnp.arange(ts.shape[0] - 1))
+    ys = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), y0, ys)
+    return ys, final

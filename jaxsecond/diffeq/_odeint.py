@@ -1,0 +1,130 @@
+"""``odeint``: solve an ODE and return the solution at the requested times."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxsecond._tree import callable_name, describe_mismatch
+from jaxsecond.diffeq._adjoint import AbstractAdjoint, StoreAll
+from jaxsecond.diffeq._solvers import RK4, AbstractSolver
+
+
+def _check_ts(ts):
+    ts = jnp.asarray(ts)
+    if ts.ndim != 1 or ts.shape[0] < 2:
+        raise ValueError(f"ts must be a 1-D array of at least two times, got shape {ts.shape}")
+    if not jnp.issubdtype(ts.dtype, jnp.floating):
+        ts = ts.astype(jnp.result_type(float))
+    concrete = None
+    try:
+        concrete = np.asarray(ts)
+    except jax.errors.TracerArrayConversionError:
+        pass
+    if concrete is not None and not np.all(np.diff(concrete) > 0):
+        raise ValueError(f"ts must be strictly increasing, got {concrete}")
+    return ts, concrete
+
+
+def _steps_per_interval(concrete_ts, dt0, steps_per_interval):
+    if steps_per_interval is not None:
+        if isinstance(steps_per_interval, bool) or not (
+            isinstance(steps_per_interval, int) and steps_per_interval >= 1
+        ):
+            raise ValueError(
+                f"steps_per_interval must be an integer >= 1, got {steps_per_interval!r}"
+            )
+        if dt0 is not None:
+            raise ValueError("give dt0 or steps_per_interval, not both")
+        return steps_per_interval
+    if dt0 is None:
+        raise ValueError("fixed-step solvers need dt0 (a step size) or steps_per_interval")
+    if not dt0 > 0:
+        raise ValueError(f"dt0 must be positive, got {dt0!r}")
+    if concrete_ts is None:
+        raise ValueError(
+            "ts is traced (e.g. a jit argument), so the number of steps cannot be derived "
+            "from dt0; pass steps_per_interval (steps between consecutive times in ts) or "
+            "close over ts as a constant"
+        )
+    # Equal steps within each output interval, none longer than dt0.
+    return max(1, math.ceil(float(np.max(np.diff(concrete_ts))) / dt0 - 1e-9))
+
+
+def odeint(
+    vector_field: Callable,
+    y0,
+    ts,
+    args=None,
+    *,
+    solver: AbstractSolver | None = None,
+    adjoint: AbstractAdjoint | None = None,
+    dt0: float | None = None,
+    steps_per_interval: int | None = None,
+):
+    """Solve ``dy/dt = vector_field(t, y, args)`` from ``y(ts[0]) = y0``.
+
+    Every output interval ``[ts[i], ts[i + 1]]`` is cut into the same number of equal
+    steps, no longer than ``dt0`` (or exactly ``steps_per_interval`` of them).
+    Derivatives flow to ``y0``, ``args`` and any traced value ``vector_field`` closes
+    over (the parameters of a neural network, say), in every autodiff mode.
+
+    Args:
+        vector_field: ``(t, y, args) -> dy/dt``, same pytree structure as ``y``.
+        y0: initial state, any pytree of floating-point arrays.
+        ts: strictly increasing times; the solution is returned at each.
+        args: passed to ``vector_field``.
+        solver: default :class:`RK4`.
+        adjoint: how reverse mode works: :class:`StoreAll` (default),
+            :class:`Checkpointed`, :class:`ReversibleAdjoint` (reversible solvers).
+        dt0: the largest step size.
+        steps_per_interval: steps between consecutive times (instead of ``dt0``;
+            required when ``ts`` is traced).
+
+    Returns:
+        The solution at every time in ``ts``: ``y0``'s pytree with a leading axis of
+        length ``len(ts)``.
+
+    Example:
+        >>> import jax.numpy as jnp, jaxsecond
+        >>> ys = jaxsecond.odeint(lambda t, y, k: -k * y, jnp.array(1.0),
+        ...                       jnp.array([0.0, 1.0]), 2.0, dt0=0.01)
+        >>> print(f"{float(ys[-1]):.6f} {float(jnp.exp(-2.0)):.6f}")
+        0.135335 0.135335
+    """
+    if not callable(vector_field):
+        raise TypeError(f"vector_field must be callable, got {vector_field!r}")
+    solver = RK4() if solver is None else solver
+    adjoint = StoreAll() if adjoint is None else adjoint
+    if not isinstance(solver, AbstractSolver):
+        raise TypeError(f"solver must be a jaxsecond solver (e.g. RK4()), got {solver!r}")
+    if not isinstance(adjoint, AbstractAdjoint):
+        raise TypeError(f"adjoint must be a jaxsecond adjoint (e.g. StoreAll()), got {adjoint!r}")
+    ts, concrete = _check_ts(ts)
+    steps = _steps_per_interval(concrete, dt0, steps_per_interval)
+    y0 = jax.tree.map(jnp.asarray, y0)
+    for path, leaf in jax.tree_util.tree_flatten_with_path(y0)[0]:
+        if not jnp.issubdtype(leaf.dtype, jnp.inexact):
+            where = jax.tree_util.keystr(path) or "y0"
+            raise TypeError(
+                f"y0: leaf {where} has dtype {leaf.dtype}; the state must be floating point"
+            )
+    ts = ts.astype(jnp.result_type(*jax.tree.leaves(y0), ts.dtype))
+    try:
+        out = jax.eval_shape(vector_field, ts[0], y0, args)
+    except TypeError as e:
+        raise TypeError(f"vector_field ({callable_name(vector_field)}) failed on y0: {e}") from e
+    problem = describe_mismatch(y0, out)
+    if problem is not None:
+        raise ValueError(
+            f"vector_field ({callable_name(vector_field)}) must return a pytree shaped like "
+            f"y0: {problem}"
+        )
+    # Closed-over traced arrays become explicit leaves so every adjoint can reach them.
+    f = eqx.filter_closure_convert(vector_field, ts[0], y0, args)
+    return adjoint.solve(solver, f, y0, args, ts, steps)
