@@ -265,9 +265,7 @@ def _backward(solver, steps, ts, f, y0, args, ct_ys):
         return (y0_, state0, ct_y0, _fill(ct_state0, state0), ct_theta), None
 
     def interval_back(carry, i):
-        carry, _ = jax.lax.scan(
-            lambda c, j: step_back(c, j, i), carry, jnp.arange(steps - 1, -1, -1)
-        )
+        carry = jax.lax.fori_loop(0, steps, lambda r, c: step_back(c, steps - 1 - r, i)[0], carry)
         y, state, ct_y, ct_state, ct_theta = carry
         ct_y = jax.tree.map(lambda a, c: a + c[i], ct_y, ct_ys)
         return (y, state, ct_y, ct_state, ct_theta), None

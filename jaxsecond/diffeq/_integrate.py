@@ -44,13 +44,14 @@ def integrate(
     state0 = solver.init(f, ts[0], y0, args)
 
     def run_interval(carry, i):
-        def one_step(carry, j):
+        def one_step(j, carry):
             y, state = carry
             t0, t1 = step_times(ts, i, j, steps_per_interval)
-            return solver.step(f, t0, t1, y, state, args), None
+            return solver.step(f, t0, t1, y, state, args)
 
-        carry, _ = jax.lax.scan(one_step, carry, jnp.arange(steps_per_interval))
-        return carry
+        # fori_loop keeps the step index in the carry: no per-step array, so memory
+        # does not grow with the number of steps.
+        return jax.lax.fori_loop(0, steps_per_interval, one_step, carry)
 
     if interval_fn is not None:
         run_interval = interval_fn(run_interval)
