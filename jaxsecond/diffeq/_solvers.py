@@ -173,8 +173,11 @@ class Reversible(AbstractReversibleSolver):
 
     which inverts exactly: ``z0 = z1 + Psi_{-h}(t1, y1)``, ``y0 = (y1 - (1 - lam) z0 -
     Psi_h(t0, z0)) / lam``. It keeps the base method's order at twice its cost per
-    step; ``lam < 1`` damps the drift between ``y`` and ``z`` that makes plain
-    reversible schemes unstable over long horizons.
+    step. ``lam < 1`` damps the drift between ``y`` and ``z`` that makes plain
+    reversible schemes unstable on dissipative problems (the parasitic root is about
+    ``lam / (1 + h a)`` for ``y' = a y``, so stiffer problems need smaller ``lam``);
+    the price is that reconstructing backwards amplifies round-off by ``1 / lam`` per
+    step, so keep ``lam`` close to 1 for long solves.
 
     Example:
         >>> import jaxsecond

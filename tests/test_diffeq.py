@@ -1,0 +1,317 @@
+"""ODE solvers and adjoints: convergence orders, exactness of the reversible adjoint,
+every adjoint in every autodiff mode against finite differences, memory, bad input."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxsecond as js
+from tests.helpers import assert_tree_allclose, finite_difference_jvp
+
+# ------------------------------------------------------------------- convergence order
+
+SOLVERS = {
+    "Euler": js.Euler(),
+    "Midpoint": js.Midpoint(),
+    "Heun": js.Heun(),
+    "RK4": js.RK4(),
+    "ReversibleHeun": js.ReversibleHeun(),
+    "Reversible(Midpoint)": js.Reversible(js.Midpoint(), coupling=0.999),
+    "Reversible(RK4)": js.Reversible(js.RK4(), coupling=0.999),
+}
+
+
+def _exact(t):
+    # y' = cos(t) y, y(0) = 1.
+    return jnp.exp(jnp.sin(t))
+
+
+@pytest.mark.parametrize("name", list(SOLVERS))
+def test_convergence_order(name):
+    solver = SOLVERS[name]
+    ts = jnp.array([0.0, 2.0])
+    steps = np.array([16, 32, 64, 128])
+    errors = []
+    for n in steps:
+        ys = js.odeint(
+            lambda t, y, _: jnp.cos(t) * y,
+            jnp.array(1.0),
+            ts,
+            solver=solver,
+            steps_per_interval=int(n),
+        )
+        errors.append(abs(float(ys[-1] - _exact(2.0))))
+    slope = np.polyfit(np.log(2.0 / steps), np.log(errors), 1)[0]
+    # A log-log fit over a factor 8 in step size: within 0.3 of the nominal order.
+    assert abs(slope - solver.order) <= 0.3, (name, slope, errors)
+
+
+# ------------------------------------------------------------------- problems
+
+
+def mlp_ode(key):
+    k1, k2, k3 = jax.random.split(key, 3)
+    params = {
+        "W1": 0.5 * jax.random.normal(k1, (8, 2)),
+        "b1": 0.1 * jax.random.normal(k2, (8,)),
+        "W2": 0.5 * jax.random.normal(k3, (2, 8)),
+    }
+
+    def vector_field(t, y, p):
+        return p["W2"] @ jnp.tanh(p["W1"] @ y + p["b1"]) - 0.1 * y
+
+    return vector_field, params
+
+
+def lorenz(t, y, p):
+    sigma, rho, beta = p
+    return jnp.stack([sigma * (y[1] - y[0]), y[0] * (rho - y[2]) - y[1], y[0] * y[1] - beta * y[2]])
+
+
+# ------------------------------------------------------------------- exactness
+
+
+@pytest.mark.parametrize("solver", [js.ReversibleHeun(), js.Reversible(js.RK4())], ids=str)
+def test_reversible_adjoint_equals_store_all(getkey, solver):
+    vf, params = mlp_ode(getkey())
+    y0 = jnp.array([1.0, -0.5])
+    ts = jnp.linspace(0.0, 3.0, 7)
+
+    def loss(p, adjoint):
+        ys = js.odeint(vf, y0, ts, p, solver=solver, adjoint=adjoint, dt0=0.01)
+        return jnp.sum(ys**2)
+
+    ref = jax.grad(loss)(params, js.StoreAll())
+    ours = jax.grad(loss)(params, js.ReversibleAdjoint())
+    # Same discretisation, states reconstructed exactly up to round-off: 1e-10.
+    assert_tree_allclose(ours, ref, rtol=1e-10, atol=1e-12)
+
+
+def _lorenz_gradients(solver, t_end):
+    p = jnp.array([10.0, 28.0, 8.0 / 3.0])
+    y0 = jnp.array([1.0, 1.0, 1.0])
+    ts = jnp.linspace(0.0, t_end, 5)
+
+    def loss(p, y0, adjoint):
+        ys = js.odeint(lorenz, y0, ts, p, solver=solver, adjoint=adjoint, dt0=1e-3)
+        return jnp.sum(ys[-1] ** 2)
+
+    ref = jax.grad(loss, argnums=(0, 1))(p, y0, js.StoreAll())
+    ours = jax.grad(loss, argnums=(0, 1))(p, y0, js.ReversibleAdjoint())
+    return ours, ref
+
+
+def _max_rel_error(ours, ref):
+    return max(
+        float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
+        for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref), strict=True)
+    )
+
+
+def test_reversible_adjoint_equals_store_all_on_lorenz():
+    ours, ref = _lorenz_gradients(js.Reversible(js.RK4(), coupling=0.999), t_end=0.5)
+    # Chaotic, so reconstruction round-off grows like exp(0.9 t); over t = 0.5 it stays
+    # at ~1e-11 relative.
+    assert _max_rel_error(ours, ref) < 1e-10
+
+
+# ------------------------------------------------------------------- the adjoint x mode matrix
+
+ADJOINTS = {
+    "StoreAll": (js.StoreAll(), js.Heun()),
+    "Checkpointed": (js.Checkpointed(3), js.Heun()),
+    "ReversibleAdjoint": (js.ReversibleAdjoint(), js.ReversibleHeun()),
+}
+MODES = ["grad", "jvp", "jacfwd", "hvp", "reverse_over_reverse", "vmap", "jit"]
+
+
+@functools.cache
+def _matrix_problem():
+    vf, params = mlp_ode(jax.random.key(3))
+    y0 = jnp.array([0.3, -0.7])
+    ts = jnp.linspace(0.0, 1.0, 4)
+    return vf, params, y0, ts
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("adjoint_name", list(ADJOINTS))
+def test_every_adjoint_in_every_mode(adjoint_name, mode):
+    adjoint, solver = ADJOINTS[adjoint_name]
+    vf, params, y0, ts = _matrix_problem()
+
+    def loss(p, adj=adjoint):
+        ys = js.odeint(vf, y0, ts, p, solver=solver, adjoint=adj, steps_per_interval=20)
+        return jnp.sum(jnp.sin(ys))
+
+    v = jax.tree.map(lambda x: jnp.cos(jnp.arange(x.size).reshape(x.shape)), params)
+    # References: central differences of the same discrete solve (eps 1e-5 in float64:
+    # truncation ~1e-10, round-off ~1e-11), and for second order differences of the
+    # StoreAll gradient. Tolerance 1e-6 relative covers both.
+    fd = finite_difference_jvp(loss, (params,), (v,), eps=1e-5)
+    grad_store = jax.grad(functools.partial(loss, adj=js.StoreAll()))
+    fd_hvp = finite_difference_jvp(grad_store, (params,), (v,), eps=1e-5)
+
+    def dot(a, b):
+        return sum(
+            jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+        )
+
+    if mode == "grad":
+        assert float(dot(jax.grad(loss)(params), v)) == pytest.approx(float(fd), rel=1e-6)
+    elif mode == "jvp":
+        assert float(jax.jvp(loss, (params,), (v,))[1]) == pytest.approx(float(fd), rel=1e-6)
+    elif mode == "jacfwd":
+        jac = jax.jacfwd(loss)(params)
+        assert float(dot(jac, v)) == pytest.approx(float(fd), rel=1e-6)
+    elif mode == "hvp":
+        hv = jax.jvp(jax.grad(loss), (params,), (v,))[1]
+        assert_tree_allclose(hv, fd_hvp, rtol=1e-5, atol=1e-7)
+    elif mode == "reverse_over_reverse":
+        hv = jax.grad(lambda p: dot(jax.grad(loss)(p), v))(params)
+        assert_tree_allclose(hv, fd_hvp, rtol=1e-5, atol=1e-7)
+    elif mode == "vmap":
+        scales = jnp.array([1.0, 0.5])
+        ours = jax.vmap(lambda s: jax.grad(loss)(jax.tree.map(lambda x: s * x, params)))(scales)
+        ref = jax.vmap(lambda s: grad_store(jax.tree.map(lambda x: s * x, params)))(scales)
+        assert_tree_allclose(ours, ref, rtol=1e-9, atol=1e-12)
+    else:
+        ours = jax.jit(jax.grad(loss))(params)
+        assert float(dot(ours, v)) == pytest.approx(float(fd), rel=1e-6)
+
+
+def test_derivatives_reach_closed_over_parameters(getkey):
+    vf, params = mlp_ode(getkey())
+    y0 = jnp.array([1.0, 0.0])
+    ts = jnp.array([0.0, 1.0])
+
+    def loss(p, adjoint):
+        closed = lambda t, y, _: vf(t, y, p)  # parameters only through the closure
+        ys = js.odeint(closed, y0, ts, solver=js.ReversibleHeun(), adjoint=adjoint, dt0=0.05)
+        return jnp.sum(ys[-1] ** 2)
+
+    ref = jax.grad(loss)(params, js.StoreAll())
+    assert_tree_allclose(jax.grad(loss)(params, js.ReversibleAdjoint()), ref, rtol=1e-10)
+    assert any(float(jnp.abs(x).max()) > 0 for x in jax.tree.leaves(ref))
+
+
+# ------------------------------------------------------------------- memory
+
+
+def _gradient_memory(adjoint, steps):
+    W = 0.3 * jax.random.normal(jax.random.key(0), (16, 16))
+    vf = lambda t, y, W: jnp.tanh(W @ y)
+    y0, ts = jnp.ones(16), jnp.array([0.0, 1.0])
+
+    def loss(W):
+        ys = js.odeint(
+            vf, y0, ts, W, solver=js.ReversibleHeun(), adjoint=adjoint, steps_per_interval=steps
+        )
+        return jnp.sum(ys[-1] ** 2)
+
+    compiled = jax.jit(jax.grad(loss)).lower(W).compile()
+    analysis = compiled.memory_analysis()
+    if analysis is None:
+        pytest.skip("no compiled memory analysis on this backend")
+    return analysis.temp_size_in_bytes
+
+
+def test_reversible_adjoint_memory_is_flat_in_steps():
+    small, large = (_gradient_memory(js.ReversibleAdjoint(), n) for n in (1000, 10000))
+    store_small, store_large = (_gradient_memory(js.StoreAll(), n) for n in (1000, 10000))
+    print(
+        f"ReversibleAdjoint temp bytes {small} -> {large}; StoreAll {store_small} -> {store_large}"
+    )
+    assert large <= 1.2 * small
+    assert store_large >= 5 * store_small
+
+
+# ------------------------------------------------------------------- reversibility
+
+
+def _round_trip_error(solver, vf, y0, t_end, steps, args=None):
+    """Step forward ``steps`` times, then invert every step; distance to ``y0``."""
+    h = t_end / steps
+    state = solver.init(vf, 0.0, y0, args)
+
+    def fwd(i, carry):
+        y, s = carry
+        return solver.step(vf, i * h, (i + 1) * h, y, s, args)
+
+    def bwd(i, carry):
+        y, s = carry
+        k = steps - 1 - i
+        return solver.backward_step(vf, k * h, (k + 1) * h, y, s, args)
+
+    y, s = jax.lax.fori_loop(0, steps, fwd, (y0, state))
+    y_back, _ = jax.lax.fori_loop(0, steps, bwd, (y, s))
+    return float(jnp.max(jnp.abs(y_back - y0)))
+
+
+def test_round_trip_small_on_contractive_problem():
+    vf = lambda t, y, _: -y + jnp.sin(t)
+    err = _round_trip_error(js.ReversibleHeun(), vf, jnp.array([1.0, 2.0]), 2.0, 200)
+    assert err < 1e-12
+
+
+def test_coupling_keeps_reconstruction_bounded_where_reversible_heun_drifts():
+    # Lorenz over t = 1: reversible Heun's reconstruction drifts (its two sequences
+    # decouple on dissipative dynamics), so its "exact" gradient is off by 0.25%; the
+    # coupled wrapper with the same base order stays at round-off.
+    plain = _max_rel_error(*_lorenz_gradients(js.ReversibleHeun(), t_end=1.0))
+    coupled = _max_rel_error(*_lorenz_gradients(js.Reversible(js.Heun(), 0.999), t_end=1.0))
+    print(f"Lorenz gradient error vs StoreAll: ReversibleHeun {plain:.1e}, coupled {coupled:.1e}")
+    assert plain > 1e-4
+    assert coupled < 1e-8
+    # And the forward solve: on y' = -3 y with h = 0.05, reversible Heun's parasitic
+    # root exceeds 1 and the solution explodes; coupling 0.5 damps it.
+    vf = lambda t, y, _: -3.0 * y
+    span = jnp.array([0.0, 20.0])
+    drift = js.odeint(
+        vf, jnp.array([1.0]), span, solver=js.ReversibleHeun(), steps_per_interval=400
+    )
+    damped = js.odeint(
+        vf, jnp.array([1.0]), span, solver=js.Reversible(js.Heun(), 0.5), steps_per_interval=400
+    )
+    assert abs(float(drift[-1, 0])) > 1e10
+    assert abs(float(damped[-1, 0])) < 1e-10
+
+
+# ------------------------------------------------------------------- bad input
+
+
+def test_bad_input():
+    vf = lambda t, y, _: -y
+    y0 = jnp.array([1.0, 2.0])
+    with pytest.raises(ValueError, match="strictly increasing"):
+        js.odeint(vf, y0, jnp.array([0.0, 1.0, 1.0]), dt0=0.1)
+    with pytest.raises(ValueError, match="shaped like y0"):
+        js.odeint(lambda t, y, _: y[:1], y0, jnp.array([0.0, 1.0]), dt0=0.1)
+    with pytest.raises(ValueError, match="dt0 must be positive"):
+        js.odeint(vf, y0, jnp.array([0.0, 1.0]), dt0=0.0)
+    with pytest.raises(ValueError, match="dt0"):
+        js.odeint(vf, y0, jnp.array([0.0, 1.0]))
+    with pytest.raises(ValueError, match="reversible solver"):
+        js.odeint(vf, y0, jnp.array([0.0, 1.0]), dt0=0.1, adjoint=js.ReversibleAdjoint())
+    with pytest.raises(TypeError, match="floating point"):
+        js.odeint(vf, jnp.array([1, 2]), jnp.array([0.0, 1.0]), dt0=0.1)
+    with pytest.raises(ValueError, match="steps_per_interval"):
+        jax.jit(lambda ts: js.odeint(vf, y0, ts, dt0=0.1))(jnp.array([0.0, 1.0]))
+    with pytest.raises(ValueError, match="coupling"):
+        js.Reversible(js.RK4(), coupling=1.5)
+    with pytest.raises(TypeError, match="explicit Runge-Kutta"):
+        js.Reversible(js.ReversibleHeun())
+    with pytest.raises(ValueError, match="num_checkpoints"):
+        js.Checkpointed(0)
+
+
+def test_traced_ts_with_steps_per_interval_and_float32(float32):
+    vf = lambda t, y, k: -k * y
+    ys = jax.jit(lambda ts: js.odeint(vf, jnp.array(1.0), ts, 2.0, steps_per_interval=50))(
+        jnp.array([0.0, 0.5, 1.0])
+    )
+    assert ys.dtype == jnp.float32
+    # RK4 with h = 0.01: error ~1e-10, below float32 resolution.
+    np.testing.assert_allclose(ys, jnp.exp(-2.0 * jnp.array([0.0, 0.5, 1.0])), rtol=1e-6)
