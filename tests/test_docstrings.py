@@ -11,6 +11,8 @@ MODULES = [
     "jaxsecond.curvature._products",
     "jaxsecond.curvature._hutchinson",
     "jaxsecond.curvature._lanczos",
+    "jaxsecond.diffeq._odeint",
+    "jaxsecond.diffeq._solvers",
 ]
 
 
