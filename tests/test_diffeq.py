@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import jaxsecond as js
+from jaxsecond.diffeq import ODETerm
 from tests.helpers import assert_tree_allclose, finite_difference_jvp
 
 # ------------------------------------------------------------------- convergence order
@@ -233,17 +234,18 @@ def test_reversible_adjoint_memory_is_flat_in_steps():
 
 def _round_trip_error(solver, vf, y0, t_end, steps, args=None):
     """Step forward ``steps`` times, then invert every step; distance to ``y0``."""
+    term = ODETerm(vf)
     h = t_end / steps
-    state = solver.init(vf, 0.0, y0, args)
+    state = solver.init(term, 0.0, y0, args)
 
     def fwd(i, carry):
         y, s = carry
-        return solver.step(vf, i * h, (i + 1) * h, y, s, args)
+        return solver.step(term, i * h, (i + 1) * h, y, s, args, h)
 
     def bwd(i, carry):
         y, s = carry
         k = steps - 1 - i
-        return solver.backward_step(vf, k * h, (k + 1) * h, y, s, args)
+        return solver.backward_step(term, k * h, (k + 1) * h, y, s, args, h)
 
     y, s = jax.lax.fori_loop(0, steps, fwd, (y0, state))
     y_back, _ = jax.lax.fori_loop(0, steps, bwd, (y, s))

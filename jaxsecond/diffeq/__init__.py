@@ -40,3 +40,5 @@ from jaxsecond.diffeq._solvers import (
 from jaxsecond.diffeq._solvers import (
     ReversibleHeun as ReversibleHeun,
 )
+from jaxsecond.diffeq._terms import ODETerm as ODETerm
+from jaxsecond.diffeq._terms import SDETerm as SDETerm

@@ -78,7 +78,8 @@ class Checkpointed(AbstractAdjoint):
                         j = s * per_segment + r
                         y, state = carry
                         t0, t1 = step_times(ts, i, j, steps_per_interval)
-                        new = solver.step(f, t0, t1, y, state, args)
+                        control = f.control(t0, t1, i * steps_per_interval + j)
+                        new = solver.step(f, t0, t1, y, state, args, control)
                         # Steps past the end of the interval (uneven split) do nothing.
                         keep = j < steps_per_interval
                         return jax.tree.map(lambda a, b: jnp.where(keep, a, b), new, carry), None
@@ -251,11 +252,12 @@ def _backward(solver, steps, ts, f, y0, args, ct_ys):
     def step_back(carry, j, i):
         y1, state1, ct_y1, ct_state1, ct_theta = carry
         t0, t1 = step_times(ts, i, j, steps)
-        y0_, state0 = solver.backward_step(f, t0, t1, y1, state1, args)
+        control = f.control(t0, t1, i * steps + j)  # regenerated, not stored
+        y0_, state0 = solver.backward_step(f, t0, t1, y1, state1, args, control)
 
         def forward_step(y, state, theta):
             f_, args_ = theta
-            return solver.step(f_, t0, t1, y, state, args_)
+            return solver.step(f_, t0, t1, y, state, args_, control)
 
         _, vjp = eqx.filter_vjp(forward_step, y0_, state0, theta)
         ct_y0, ct_state0, ct_th = vjp((ct_y1, ct_state1))

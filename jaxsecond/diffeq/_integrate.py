@@ -27,7 +27,7 @@ def step_times(ts, i, j, steps_per_interval: int):
 
 def integrate(
     solver: AbstractSolver,
-    f: Callable,
+    term,
     y0,
     args,
     ts,
@@ -41,13 +41,14 @@ def integrate(
     ``interval_fn(run_interval) -> run_interval`` lets an adjoint wrap the per-interval
     loop (e.g. in ``jax.checkpoint``).
     """
-    state0 = solver.init(f, ts[0], y0, args)
+    state0 = solver.init(term, ts[0], y0, args)
 
     def run_interval(carry, i):
         def one_step(j, carry):
             y, state = carry
             t0, t1 = step_times(ts, i, j, steps_per_interval)
-            return solver.step(f, t0, t1, y, state, args)
+            control = term.control(t0, t1, i * steps_per_interval + j)
+            return solver.step(term, t0, t1, y, state, args, control)
 
         # fori_loop keeps the step index in the carry: no per-step array, so memory
         # does not grow with the number of steps.

@@ -13,6 +13,7 @@ import numpy as np
 from jaxsecond._tree import callable_name, describe_mismatch
 from jaxsecond.diffeq._adjoint import AbstractAdjoint, StoreAll
 from jaxsecond.diffeq._solvers import RK4, AbstractSolver
+from jaxsecond.diffeq._terms import ODETerm
 
 
 def _check_ts(ts):
@@ -126,5 +127,5 @@ def odeint(
             f"y0: {problem}"
         )
     # Closed-over traced arrays become explicit leaves so every adjoint can reach them.
-    f = eqx.filter_closure_convert(vector_field, ts[0], y0, args)
-    return adjoint.solve(solver, f, y0, args, ts, steps)
+    term = ODETerm(eqx.filter_closure_convert(vector_field, ts[0], y0, args))
+    return adjoint.solve(solver, term, y0, args, ts, steps)

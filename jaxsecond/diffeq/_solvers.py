@@ -20,12 +20,13 @@ Accurate and Stable Gradients for Neural ODEs", 2024 (reversible wrapper).
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
 from typing import Any, ClassVar
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+
+from jaxsecond.diffeq._terms import negate
 
 
 def _axpy(a, x, y):
@@ -45,20 +46,22 @@ def _combine(coefficients, trees):
 
 
 class AbstractSolver(eqx.Module):
-    """A one-step method for ``dy/dt = f(t, y, args)``.
+    """A one-step method for ``dy = term``, an ODE or an SDE (see ``_terms.py``).
 
-    ``init(f, t0, y0, args) -> state``; ``step(f, t0, t1, y0, state, args) -> (y1,
-    state1)``. ``order`` is the global order of convergence.
+    ``init(term, t0, y0, args) -> state``; ``step(term, t0, t1, y0, state, args,
+    control) -> (y1, state1)``, where ``control`` is ``t1 - t0`` for an ODE and ``(t1 -
+    t0, dW)`` for an SDE. Increments come from ``term.prod(term.vf(t, y, args),
+    control)``. ``order`` is the global order of convergence for ODEs.
     """
 
     order: ClassVar[int]
 
     @abc.abstractmethod
-    def init(self, f: Callable, t0, y0, args) -> Any:
+    def init(self, term, t0, y0, args) -> Any:
         """The solver state that goes with ``y0`` at ``t0``."""
 
     @abc.abstractmethod
-    def step(self, f: Callable, t0, t1, y0, state, args) -> tuple[Any, Any]:
+    def step(self, term, t0, t1, y0, state, args, control) -> tuple[Any, Any]:
         """One step from ``t0`` to ``t1``."""
 
 
@@ -66,7 +69,7 @@ class AbstractReversibleSolver(AbstractSolver):
     """A solver whose steps can be inverted: ``backward_step`` undoes ``step``."""
 
     @abc.abstractmethod
-    def backward_step(self, f: Callable, t0, t1, y1, state1, args) -> tuple[Any, Any]:
+    def backward_step(self, term, t0, t1, y1, state1, args, control) -> tuple[Any, Any]:
         """Recover ``(y0, state0)`` at ``t0`` from ``(y1, state1)`` at ``t1``."""
 
 
@@ -78,24 +81,26 @@ class ExplicitRungeKutta(AbstractSolver):
     b: ClassVar[tuple[float, ...]]
     c: ClassVar[tuple[float, ...]]
 
-    def init(self, f, t0, y0, args):
+    def init(self, term, t0, y0, args):
         return None
 
-    def increment(self, f, t0, t1, y0, args):
+    def increment(self, term, t0, t1, y0, args, control):
         """``y1 - y0`` for one step (the map reversible wrappers build on)."""
         h = t1 - t0
-        stages = []
+        stages = []  # each stage is already an increment: prod(vf, control)
         for i, row in enumerate(self.a):
-            yi = _axpy(h, _combine(row[:i], stages), y0) if i else y0
-            stages.append(f(t0 + self.c[i] * h, yi, args))
-        return jax.tree.map(lambda x: h * x, _combine(self.b, stages))
+            yi = _axpy(1.0, _combine(row[:i], stages), y0) if i else y0
+            stages.append(term.prod(term.vf(t0 + self.c[i] * h, yi, args), control))
+        return _combine(self.b, stages)
 
-    def step(self, f, t0, t1, y0, state, args):
-        return jax.tree.map(jnp.add, y0, self.increment(f, t0, t1, y0, args)), None
+    def step(self, term, t0, t1, y0, state, args, control):
+        inc = self.increment(term, t0, t1, y0, args, control)
+        return jax.tree.map(jnp.add, y0, inc), None
 
 
 class Euler(ExplicitRungeKutta):
-    """Explicit Euler, order 1, one evaluation per step."""
+    """Explicit Euler, order 1, one evaluation per step. On an SDE this is
+    Euler-Maruyama (Ito)."""
 
     order: ClassVar[int] = 1
     a: ClassVar = ((),)
@@ -113,7 +118,9 @@ class Midpoint(ExplicitRungeKutta):
 
 
 class Heun(ExplicitRungeKutta):
-    """Heun's method (explicit trapezoidal rule), order 2, two evaluations per step."""
+    """Heun's method (explicit trapezoidal rule), order 2, two evaluations per step. On
+    an SDE it converges to the Stratonovich solution (strong order 0.5; 1 for additive
+    noise)."""
 
     order: ClassVar[int] = 2
     a: ClassVar = ((), (1.0,))
@@ -132,7 +139,7 @@ class RK4(ExplicitRungeKutta):
 
 class ReversibleHeun(AbstractReversibleSolver):
     """Reversible Heun (Kidger et al. 2021): order 2, one evaluation per step, exactly
-    invertible.
+    invertible; on an SDE it converges to the Stratonovich solution.
 
     Carries a second sequence ``z`` and the cached ``f(t, z)``:
     ``z1 = 2 y0 - z0 + h f(t0, z0)``, ``y1 = y0 + h/2 (f(t0, z0) + f(t1, z1))``.
@@ -142,24 +149,31 @@ class ReversibleHeun(AbstractReversibleSolver):
 
     order: ClassVar[int] = 2
 
-    def init(self, f, t0, y0, args):
-        return y0, f(t0, y0, args)
+    def init(self, term, t0, y0, args):
+        return y0, term.vf(t0, y0, args)
 
-    def step(self, f, t0, t1, y0, state, args):
-        z0, fz0 = state
-        h = t1 - t0
-        z1 = jax.tree.map(lambda y, z, v: 2 * y - z + h * v, y0, z0, fz0)
-        fz1 = f(t1, z1, args)
-        y1 = jax.tree.map(lambda y, a, b: y + 0.5 * h * (a + b), y0, fz0, fz1)
-        return y1, (z1, fz1)
+    def step(self, term, t0, t1, y0, state, args, control):
+        z0, v0 = state
+        inc0 = term.prod(v0, control)
+        z1 = jax.tree.map(lambda y, z, d: 2 * y - z + d, y0, z0, inc0)
+        v1 = term.vf(t1, z1, args)
+        inc1 = term.prod(v1, control)
+        y1 = jax.tree.map(lambda y, a, b: y + 0.5 * (a + b), y0, inc0, inc1)
+        return y1, (z1, v1)
 
-    def backward_step(self, f, t0, t1, y1, state1, args):
-        z1, fz1 = state1
-        h = t1 - t0
-        z0 = jax.tree.map(lambda y, z, v: 2 * y - z - h * v, y1, z1, fz1)
-        fz0 = f(t0, z0, args)
-        y0 = jax.tree.map(lambda y, a, b: y - 0.5 * h * (a + b), y1, fz0, fz1)
-        return y0, (z0, fz0)
+    def backward_step(self, term, t0, t1, y1, state1, args, control):
+        z1, v1 = state1
+        inc1 = term.prod(v1, control)
+        z0 = jax.tree.map(lambda y, z, d: 2 * y - z - d, y1, z1, inc1)
+        v0 = term.vf(t0, z0, args)
+        inc0 = term.prod(v0, control)
+        y0 = jax.tree.map(lambda y, a, b: y - 0.5 * (a + b), y1, inc0, inc1)
+        return y0, (z0, v0)
+
+
+class EulerMaruyama(Euler):
+    """Euler-Maruyama for SDEs (Ito): strong order 0.5, weak order 1; explicit Euler
+    on an ODE."""
 
 
 class Reversible(AbstractReversibleSolver):
@@ -200,22 +214,22 @@ class Reversible(AbstractReversibleSolver):
     def order(self):  # type: ignore[override]
         return self.base_solver.order
 
-    def init(self, f, t0, y0, args):
+    def init(self, term, t0, y0, args):
         return y0
 
-    def step(self, f, t0, t1, y0, state, args):
+    def step(self, term, t0, t1, y0, state, args, control):
         lam = self.coupling
         z0 = state
-        inc = self.base_solver.increment(f, t0, t1, z0, args)
+        inc = self.base_solver.increment(term, t0, t1, z0, args, control)
         y1 = jax.tree.map(lambda y, z, d: lam * y + (1 - lam) * z + d, y0, z0, inc)
-        back = self.base_solver.increment(f, t1, t0, y1, args)
+        back = self.base_solver.increment(term, t1, t0, y1, args, negate(control))
         z1 = jax.tree.map(jnp.subtract, z0, back)
         return y1, z1
 
-    def backward_step(self, f, t0, t1, y1, state1, args):
+    def backward_step(self, term, t0, t1, y1, state1, args, control):
         lam = self.coupling
-        back = self.base_solver.increment(f, t1, t0, y1, args)
+        back = self.base_solver.increment(term, t1, t0, y1, args, negate(control))
         z0 = jax.tree.map(jnp.add, state1, back)
-        inc = self.base_solver.increment(f, t0, t1, z0, args)
+        inc = self.base_solver.increment(term, t0, t1, z0, args, control)
         y0 = jax.tree.map(lambda y, z, d: (y - (1 - lam) * z - d) / lam, y1, z0, inc)
         return y0, z0
