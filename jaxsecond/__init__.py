@@ -43,6 +43,9 @@ from jaxsecond.diffeq import (
     Euler as Euler,
 )
 from jaxsecond.diffeq import (
+    EulerMaruyama as EulerMaruyama,
+)
+from jaxsecond.diffeq import (
     Heun as Heun,
 )
 from jaxsecond.diffeq import (
@@ -62,6 +65,9 @@ from jaxsecond.diffeq import (
 )
 from jaxsecond.diffeq import (
     odeint as odeint,
+)
+from jaxsecond.diffeq import (
+    sdeint as sdeint,
 )
 from jaxsecond.implicit import (
     custom_fixed_point as custom_fixed_point,

@@ -13,6 +13,7 @@ from jaxsecond.diffeq._adjoint import (
     StoreAll as StoreAll,
 )
 from jaxsecond.diffeq._odeint import odeint as odeint
+from jaxsecond.diffeq._sdeint import sdeint as sdeint
 from jaxsecond.diffeq._solvers import (
     RK4 as RK4,
 )
@@ -24,6 +25,9 @@ from jaxsecond.diffeq._solvers import (
 )
 from jaxsecond.diffeq._solvers import (
     Euler as Euler,
+)
+from jaxsecond.diffeq._solvers import (
+    EulerMaruyama as EulerMaruyama,
 )
 from jaxsecond.diffeq._solvers import (
     ExplicitRungeKutta as ExplicitRungeKutta,

@@ -22,7 +22,7 @@ import equinox as eqx
 import equinox.internal as eqxi
 import jax
 import jax.numpy as jnp
-from jax.interpreters import ad
+from jax.interpreters import ad, batching
 
 from jaxsecond.diffeq._integrate import integrate, step_times
 from jaxsecond.diffeq._solvers import AbstractReversibleSolver, AbstractSolver
@@ -142,7 +142,7 @@ def _reversible_solve_jvp_rule(static, solver, steps, primals, tangents):
     # derivative with respect to ts.
     t_f, t_y0, t_args, _ = _floating_tangents(dynamic, t_dynamic)
     (t_ys,) = eqxi.filter_primitive_bind(
-        _tangent_p, solver, steps, ts, (f, y0, args), (t_f, t_y0, t_args)
+        _tangent_p, solver, steps, ts, _lift((f, y0, args)), _lift((t_f, t_y0, t_args))
     )
     return ys, t_ys
 
@@ -168,7 +168,46 @@ def _forward_fn(solver, steps, ts):
     return forward
 
 
+def _arrays(tree):
+    # Inside transformation rules JAX may hand back Python-float stand-ins where arrays
+    # went in; the closure-converted functions insist on arrays there.
+    return jax.tree.map(lambda x: jnp.asarray(x) if isinstance(x, float | complex) else x, tree)
+
+
+class _Scalar(eqx.Module):
+    """A 0-d input carried as shape (1,): JAX passes known 0-d constants to transpose
+    rules as Python-scalar literals, which the primitive machinery would then take for
+    static values and miscount."""
+
+    value: object
+
+
+def _is_scalar(x) -> bool:
+    return isinstance(x, _Scalar)
+
+
+def _lift(tree):
+    return jax.tree.map(
+        lambda x: _Scalar(jnp.reshape(x, (1,))) if eqx.is_array(x) and x.ndim == 0 else x, tree
+    )
+
+
+def _unlift(tree):
+    def one(x):
+        if not isinstance(x, _Scalar):
+            return x
+        v = x.value
+        if isinstance(v, jax.ShapeDtypeStruct):
+            return jax.ShapeDtypeStruct((), v.dtype)
+        if v is None or isinstance(v, ad.UndefinedPrimal):
+            return v
+        return jnp.reshape(jnp.asarray(v), ())
+
+    return _arrays(jax.tree.map(one, tree, is_leaf=_is_scalar))
+
+
 def _tangent_impl(solver, steps, ts, primals, tangents):
+    primals, tangents = _unlift((primals, tangents))
     # Forward mode: tangents ride along with the solve, nothing is stored.
     _, out = eqx.filter_jvp(_forward_fn(solver, steps, ts), (primals,), (tangents,))
     return (out,)
@@ -190,13 +229,14 @@ def _tangent_jvp(primals_in, tangents_in):
     solver, steps, ts, primals, tangents = primals_in
     _, _, _, d_primals, d_tangents = tangents_in
     out = eqxi.filter_primitive_bind(_tangent_p, solver, steps, ts, primals, tangents)
+    is_none = lambda x: x is None
     terms = []
-    if any(t is not None for t in jax.tree.leaves(d_tangents, is_leaf=lambda x: x is None)):
+    if any(t is not None for t in jax.tree.leaves(d_tangents, is_leaf=is_none)):
         d_tangents = jax.tree.map(
             lambda t, d: None if t is None else (jnp.zeros_like(t) if d is None else d),
             tangents,
             d_tangents,
-            is_leaf=lambda x: x is None,
+            is_leaf=is_none,
         )
         terms.append(
             eqxi.filter_primitive_bind(_tangent_p, solver, steps, ts, primals, d_tangents)[0]
@@ -208,10 +248,11 @@ def _tangent_jvp(primals_in, tangents_in):
             lambda p, d: jnp.zeros_like(p) if d is None and eqx.is_inexact_array(p) else d,
             primals,
             d_primals,
-            is_leaf=lambda x: x is None,
+            is_leaf=is_none,
         )
+        p_u, t_u, d_u = _unlift((primals, tangents, d_primals))
         _, term = eqx.filter_jvp(
-            lambda p: _tangent_impl(solver, steps, ts, p, tangents)[0], (primals,), (d_primals,)
+            lambda p: _tangent_impl(solver, steps, ts, p, t_u)[0], (p_u,), (d_u,)
         )
         terms.append(term)
     if not terms:
@@ -225,8 +266,8 @@ def _tangent_jvp(primals_in, tangents_in):
 def _tangent_transpose(inputs, cts_out):
     solver, steps, ts, primals, tangents = inputs
     (ct_ys,) = cts_out
-    f, y0, args = primals
-    ct_f, ct_y0, ct_args = _backward(solver, steps, ts, f, y0, args, ct_ys)
+    f, y0, args = _unlift(primals)
+    ct_f, ct_y0, ct_args = _lift(_backward(solver, steps, ts, f, y0, args, ct_ys))
     is_leaf = lambda x: x is None or isinstance(x, ad.UndefinedPrimal)
     # Both trees have None exactly at the non-floating leaves, so they align leafwise.
     cts = jax.tree.map(
@@ -301,3 +342,26 @@ _tangent_p = eqxi.create_vprim(
     eqxi.filter_primitive_jvp(_tangent_jvp),
     eqxi.filter_primitive_transpose(materialise_zeros=True)(_tangent_transpose),
 )
+
+
+# equinox's automatic batching transposes a batched call by vmapping the transpose
+# rule with the inputs' batch axes as output axes, which fails when an unbatched
+# linear input (e.g. closed-over parameters under a vmap over y0) receives a batched
+# cotangent. Broadcasting every input first makes all of them batched; the broadcasts
+# are linear, and their transposes sum the cotangents over the batch.
+_vprim_batch_rule = batching.fancy_primitive_batchers[_tangent_p]
+
+
+def _batch_everything(axis_data, inputs, batch_axes, **params):
+    if any(b is not None for b in batch_axes):
+        inputs = [
+            jnp.broadcast_to(x, (axis_data.size, *jnp.shape(x)))
+            if b is None
+            else jnp.moveaxis(x, b, 0)
+            for x, b in zip(inputs, batch_axes, strict=True)
+        ]
+        batch_axes = (0,) * len(inputs)
+    return _vprim_batch_rule(axis_data, inputs, batch_axes, **params)
+
+
+batching.fancy_primitive_batchers[_tangent_p] = _batch_everything

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsecond._tree import callable_name, describe_mismatch
+from jaxsecond._tree import as_array_leaves, callable_name, describe_mismatch
 from jaxsecond.diffeq._adjoint import AbstractAdjoint, StoreAll
 from jaxsecond.diffeq._solvers import RK4, AbstractSolver
 from jaxsecond.diffeq._terms import ODETerm
@@ -57,6 +57,43 @@ def _steps_per_interval(concrete_ts, dt0, steps_per_interval):
     return max(1, math.ceil(float(np.max(np.diff(concrete_ts))) / dt0 - 1e-9))
 
 
+def prepare(solver, adjoint, y0, ts, dt0, steps_per_interval, *, default_solver):
+    """Shared validation of ``odeint`` and ``sdeint``: returns ``(solver, adjoint, y0,
+    ts, steps_per_interval)`` with ``y0`` as arrays and ``ts`` in its precision."""
+    solver = default_solver if solver is None else solver
+    adjoint = StoreAll() if adjoint is None else adjoint
+    if not isinstance(solver, AbstractSolver):
+        raise TypeError(f"solver must be a jaxsecond solver (e.g. RK4()), got {solver!r}")
+    if not isinstance(adjoint, AbstractAdjoint):
+        raise TypeError(f"adjoint must be a jaxsecond adjoint (e.g. StoreAll()), got {adjoint!r}")
+    ts, concrete = _check_ts(ts)
+    steps = _steps_per_interval(concrete, dt0, steps_per_interval)
+    y0 = jax.tree.map(jnp.asarray, y0)
+    for path, leaf in jax.tree_util.tree_flatten_with_path(y0)[0]:
+        if not jnp.issubdtype(leaf.dtype, jnp.inexact):
+            where = jax.tree_util.keystr(path) or "y0"
+            raise TypeError(
+                f"y0: leaf {where} has dtype {leaf.dtype}; the state must be floating point"
+            )
+    ts = ts.astype(jnp.result_type(*jax.tree.leaves(y0), ts.dtype))
+    return solver, adjoint, y0, ts, steps
+
+
+def check_output(fn, name, y0, ts, args, expected=None):
+    """Trace-time check that ``fn(t, y, args)`` returns the pytree ``expected``
+    (default: shaped like ``y0``)."""
+    try:
+        out = eqx.filter_eval_shape(fn, ts[0], y0, args)
+    except TypeError as e:
+        raise TypeError(f"{name} ({callable_name(fn)}) failed on y0: {e}") from e
+    problem = describe_mismatch(y0 if expected is None else expected, out)
+    if problem is not None:
+        raise ValueError(
+            f"{name} ({callable_name(fn)}) must return a pytree shaped like y0: {problem}"
+        )
+    return out
+
+
 def odeint(
     vector_field: Callable,
     y0,
@@ -100,32 +137,11 @@ def odeint(
     """
     if not callable(vector_field):
         raise TypeError(f"vector_field must be callable, got {vector_field!r}")
-    solver = RK4() if solver is None else solver
-    adjoint = StoreAll() if adjoint is None else adjoint
-    if not isinstance(solver, AbstractSolver):
-        raise TypeError(f"solver must be a jaxsecond solver (e.g. RK4()), got {solver!r}")
-    if not isinstance(adjoint, AbstractAdjoint):
-        raise TypeError(f"adjoint must be a jaxsecond adjoint (e.g. StoreAll()), got {adjoint!r}")
-    ts, concrete = _check_ts(ts)
-    steps = _steps_per_interval(concrete, dt0, steps_per_interval)
-    y0 = jax.tree.map(jnp.asarray, y0)
-    for path, leaf in jax.tree_util.tree_flatten_with_path(y0)[0]:
-        if not jnp.issubdtype(leaf.dtype, jnp.inexact):
-            where = jax.tree_util.keystr(path) or "y0"
-            raise TypeError(
-                f"y0: leaf {where} has dtype {leaf.dtype}; the state must be floating point"
-            )
-    ts = ts.astype(jnp.result_type(*jax.tree.leaves(y0), ts.dtype))
-    try:
-        out = jax.eval_shape(vector_field, ts[0], y0, args)
-    except TypeError as e:
-        raise TypeError(f"vector_field ({callable_name(vector_field)}) failed on y0: {e}") from e
-    problem = describe_mismatch(y0, out)
-    if problem is not None:
-        raise ValueError(
-            f"vector_field ({callable_name(vector_field)}) must return a pytree shaped like "
-            f"y0: {problem}"
-        )
+    solver, adjoint, y0, ts, steps = prepare(
+        solver, adjoint, y0, ts, dt0, steps_per_interval, default_solver=RK4()
+    )
+    args = as_array_leaves(args)
+    check_output(vector_field, "vector_field", y0, ts, args)
     # Closed-over traced arrays become explicit leaves so every adjoint can reach them.
     term = ODETerm(eqx.filter_closure_convert(vector_field, ts[0], y0, args))
     return adjoint.solve(solver, term, y0, args, ts, steps)

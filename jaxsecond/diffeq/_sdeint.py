@@ -1,0 +1,99 @@
+"""``sdeint``: solve a stochastic differential equation on fixed steps."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from jaxsecond._tree import as_array_leaves, callable_name
+from jaxsecond.curvature._hutchinson import check_key
+from jaxsecond.diffeq._adjoint import AbstractAdjoint
+from jaxsecond.diffeq._odeint import check_output, prepare
+from jaxsecond.diffeq._solvers import AbstractSolver, EulerMaruyama
+from jaxsecond.diffeq._terms import SDETerm
+
+
+def sdeint(
+    drift: Callable,
+    diffusion: Callable,
+    y0,
+    ts,
+    args=None,
+    *,
+    key,
+    solver: AbstractSolver | None = None,
+    adjoint: AbstractAdjoint | None = None,
+    dt0: float | None = None,
+    steps_per_interval: int | None = None,
+    brownian=None,
+):
+    """Solve ``dy = drift(t, y, args) dt + diffusion(t, y, args) dW`` from ``y0``.
+
+    Noise: ``diffusion`` returning ``y0``'s shape is diagonal noise (one Brownian
+    motion per component); returning ``y0.shape + (m,)`` is general noise driven by
+    ``m`` Brownian motions. The interpretation follows the solver:
+    :class:`EulerMaruyama` (default) converges to the Ito solution, :class:`Heun`,
+    :class:`ReversibleHeun` and ``Reversible(Heun())`` to the Stratonovich solution.
+
+    Brownian increments: by default step ``n`` draws ``sqrt(dt) N(0, 1)`` from
+    ``jax.random.fold_in(key, n)``, so :class:`ReversibleAdjoint` regenerates them
+    in its backward pass instead of storing them. Pass ``brownian=`` any object with
+    ``evaluate(t0, t1) -> dW`` (e.g. ``diffrax.VirtualBrownianTree``) to sample one
+    path consistently across step sizes.
+
+    Args:
+        drift, diffusion: ``(t, y, args) -> array``.
+        y0: initial state, a floating-point array.
+        ts: strictly increasing output times.
+        args: passed to ``drift`` and ``diffusion``.
+        key: a ``jax.random`` key for the Brownian motion.
+        solver, adjoint, dt0, steps_per_interval: as in :func:`odeint`.
+        brownian: optional Brownian path (see above).
+
+    Returns:
+        The solution at every time in ``ts`` (leading axis ``len(ts)``).
+
+    Example:
+        >>> import jax, jax.numpy as jnp, jaxsecond
+        >>> ys = jaxsecond.sdeint(lambda t, y, a: -y, lambda t, y, a: 0.1 * jnp.ones_like(y),
+        ...                       jnp.ones(3), jnp.linspace(0.0, 1.0, 5), key=jax.random.key(0),
+        ...                       dt0=0.01)
+        >>> ys.shape
+        (5, 3)
+    """
+    for fn, name in ((drift, "drift"), (diffusion, "diffusion")):
+        if not callable(fn):
+            raise TypeError(f"{name} must be callable, got {fn!r}")
+    check_key(key)
+    solver, adjoint, y0, ts, steps = prepare(
+        solver, adjoint, y0, ts, dt0, steps_per_interval, default_solver=EulerMaruyama()
+    )
+    if not eqx.is_array(y0):
+        raise TypeError(f"y0 of an SDE must be a single floating-point array, got {y0!r}")
+    args = as_array_leaves(args)
+    check_output(drift, "drift", y0, ts, args)
+    out = eqx.filter_eval_shape(diffusion, ts[0], y0, args)
+    shape = getattr(out, "shape", None)
+    if shape == y0.shape:
+        diagonal, noise_shape = True, y0.shape
+    elif shape is not None and len(shape) == y0.ndim + 1 and shape[:-1] == y0.shape:
+        diagonal, noise_shape = False, (shape[-1],)
+    else:
+        raise ValueError(
+            f"diffusion ({callable_name(diffusion)}) must return y0's shape {y0.shape} "
+            f"(diagonal noise) or {(*y0.shape, 'm')} (m Brownian motions), got {shape}"
+        )
+    typed = jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+    key_data = jax.random.key_data(key) if typed else key
+    term = SDETerm(
+        drift=eqx.filter_closure_convert(drift, ts[0], y0, args),
+        diffusion=eqx.filter_closure_convert(diffusion, ts[0], y0, args),
+        key_data=jnp.asarray(key_data),
+        diagonal=diagonal,
+        noise_shape=tuple(noise_shape),
+        brownian=brownian,
+    )
+    return adjoint.solve(solver, term, y0, args, ts, steps)
