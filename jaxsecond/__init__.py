@@ -37,6 +37,9 @@ from jaxsecond.diffeq import (
     AbstractSolver as AbstractSolver,
 )
 from jaxsecond.diffeq import (
+    BacksolveAdjoint as BacksolveAdjoint,
+)
+from jaxsecond.diffeq import (
     Checkpointed as Checkpointed,
 )
 from jaxsecond.diffeq import (

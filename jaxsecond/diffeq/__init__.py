@@ -4,6 +4,9 @@ from jaxsecond.diffeq._adjoint import (
     AbstractAdjoint as AbstractAdjoint,
 )
 from jaxsecond.diffeq._adjoint import (
+    BacksolveAdjoint as BacksolveAdjoint,
+)
+from jaxsecond.diffeq._adjoint import (
     Checkpointed as Checkpointed,
 )
 from jaxsecond.diffeq._adjoint import (

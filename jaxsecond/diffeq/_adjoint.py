@@ -26,6 +26,7 @@ from jax.interpreters import ad, batching
 
 from jaxsecond.diffeq._integrate import integrate, step_times
 from jaxsecond.diffeq._solvers import AbstractReversibleSolver, AbstractSolver
+from jaxsecond.diffeq._terms import ODETerm, SDETerm
 
 
 class AbstractAdjoint(eqx.Module):
@@ -112,7 +113,31 @@ class ReversibleAdjoint(AbstractAdjoint):
                 "adjoint=ReversibleAdjoint() needs a reversible solver (ReversibleHeun() or "
                 f"Reversible(base_solver)), got {type(solver).__name__}"
             )
-        return _reversible_solve(solver, steps_per_interval, f, y0, args, ts)
+        return _reconstructing_solve(self, solver, steps_per_interval, f, y0, args, ts)
+
+    def backward(self, solver, steps, ts, f, y0, args, ct_ys):
+        return _backward(solver, steps, ts, f, y0, args, ct_ys)
+
+
+class BacksolveAdjoint(AbstractAdjoint):
+    """The continuous adjoint (Chen et al. 2018): reverse mode solves the adjoint ODE
+    ``da/dt = -a df/dy``, ``dg/dt = -a df/dtheta`` backwards in time, alongside the
+    state itself re-solved backwards, with the same solver and steps.
+
+    Memory is flat in the number of steps and any solver works, but the gradients are
+    only approximate: they are those of the continuous problem, discretised on the way
+    back, and the backward re-solve of the state drifts on dissipative or chaotic
+    problems. Forward mode (``jax.jvp``) propagates tangents alongside the forward
+    solve and is exact for the discretisation. ODEs only.
+    """
+
+    def solve(self, solver, f, y0, args, ts, steps_per_interval):
+        if isinstance(f, SDETerm):
+            raise ValueError("adjoint=BacksolveAdjoint() supports ODEs (odeint) only")
+        return _reconstructing_solve(self, solver, steps_per_interval, f, y0, args, ts)
+
+    def backward(self, solver, steps, ts, f, y0, args, ct_ys):
+        return _backsolve(solver, steps, ts, f, y0, args, ct_ys)
 
 
 # --------------------------------------------------------------------------------------
@@ -120,29 +145,33 @@ class ReversibleAdjoint(AbstractAdjoint):
 # --------------------------------------------------------------------------------------
 
 
-def _reversible_solve(solver, steps, f, y0, args, ts):
+def _reconstructing_solve(method, solver, steps, f, y0, args, ts):
+    """A solve whose tangent is the primitive below; ``method.backward`` is its
+    transpose (reverse mode) and never stores the trajectory."""
     dynamic, static = eqx.partition((f, y0, args, ts), eqx.is_array)
-    return _reversible_solve_jvp(static, solver, steps, dynamic)
+    return _reversible_solve_jvp(static, (method, solver), steps, dynamic)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1, 2))
-def _reversible_solve_jvp(static, solver, steps, dynamic):
+def _reversible_solve_jvp(static, method_solver, steps, dynamic):
+    _, solver = method_solver
     f, y0, args, ts = eqx.combine(jax.tree.map(jnp.asarray, dynamic), static)
     return integrate(solver, f, y0, args, ts, steps)[0]
 
 
 @_reversible_solve_jvp.defjvp
-def _reversible_solve_jvp_rule(static, solver, steps, primals, tangents):
+def _reversible_solve_jvp_rule(static, method_solver, steps, primals, tangents):
+    method, solver = method_solver
     (dynamic,) = primals
     (t_dynamic,) = tangents
     dynamic = jax.tree.map(jnp.asarray, dynamic)
-    ys = _reversible_solve_jvp(static, solver, steps, dynamic)
+    ys = _reversible_solve_jvp(static, method_solver, steps, dynamic)
     f, y0, args, ts = eqx.combine(dynamic, static)
     # Tangents of (f, y0, args): arrays at floating-point leaves, None elsewhere. No
     # derivative with respect to ts.
     t_f, t_y0, t_args, _ = _floating_tangents(dynamic, t_dynamic)
     (t_ys,) = eqxi.filter_primitive_bind(
-        _tangent_p, solver, steps, ts, _lift((f, y0, args)), _lift((t_f, t_y0, t_args))
+        _tangent_p, method, solver, steps, ts, _lift((f, y0, args)), _lift((t_f, t_y0, t_args))
     )
     return ys, t_ys
 
@@ -206,7 +235,7 @@ def _unlift(tree):
     return _arrays(jax.tree.map(one, tree, is_leaf=_is_scalar))
 
 
-def _tangent_impl(solver, steps, ts, primals, tangents):
+def _tangent_impl(method, solver, steps, ts, primals, tangents):
     primals, tangents = _unlift((primals, tangents))
     # Forward mode: tangents ride along with the solve, nothing is stored.
     _, out = eqx.filter_jvp(_forward_fn(solver, steps, ts), (primals,), (tangents,))
@@ -219,16 +248,16 @@ def _to_struct(x):
     return x
 
 
-def _tangent_abstract_eval(solver, steps, ts, primals, tangents):
+def _tangent_abstract_eval(method, solver, steps, ts, primals, tangents):
     ts, primals, tangents = jax.tree.map(_to_struct, (ts, primals, tangents))
-    out = eqx.filter_eval_shape(_tangent_impl, solver, steps, ts, primals, tangents)
+    out = eqx.filter_eval_shape(_tangent_impl, method, solver, steps, ts, primals, tangents)
     return jax.tree.map(lambda s: jax.core.ShapedArray(s.shape, s.dtype), out)
 
 
 def _tangent_jvp(primals_in, tangents_in):
-    solver, steps, ts, primals, tangents = primals_in
-    _, _, _, d_primals, d_tangents = tangents_in
-    out = eqxi.filter_primitive_bind(_tangent_p, solver, steps, ts, primals, tangents)
+    method, solver, steps, ts, primals, tangents = primals_in
+    _, _, _, _, d_primals, d_tangents = tangents_in
+    out = eqxi.filter_primitive_bind(_tangent_p, method, solver, steps, ts, primals, tangents)
     is_none = lambda x: x is None
     terms = []
     if any(t is not None for t in jax.tree.leaves(d_tangents, is_leaf=is_none)):
@@ -239,7 +268,9 @@ def _tangent_jvp(primals_in, tangents_in):
             is_leaf=is_none,
         )
         terms.append(
-            eqxi.filter_primitive_bind(_tangent_p, solver, steps, ts, primals, d_tangents)[0]
+            eqxi.filter_primitive_bind(_tangent_p, method, solver, steps, ts, primals, d_tangents)[
+                0
+            ]
         )
     if any(d is not None for d in jax.tree.leaves(d_primals)):
         # Second order: how the tangent moves with the primal inputs. Plain JAX (a JVP
@@ -252,7 +283,7 @@ def _tangent_jvp(primals_in, tangents_in):
         )
         p_u, t_u, d_u = _unlift((primals, tangents, d_primals))
         _, term = eqx.filter_jvp(
-            lambda p: _tangent_impl(solver, steps, ts, p, t_u)[0], (p_u,), (d_u,)
+            lambda p: _tangent_impl(method, solver, steps, ts, p, t_u)[0], (p_u,), (d_u,)
         )
         terms.append(term)
     if not terms:
@@ -264,10 +295,10 @@ def _tangent_jvp(primals_in, tangents_in):
 
 
 def _tangent_transpose(inputs, cts_out):
-    solver, steps, ts, primals, tangents = inputs
+    method, solver, steps, ts, primals, tangents = inputs
     (ct_ys,) = cts_out
     f, y0, args = _unlift(primals)
-    ct_f, ct_y0, ct_args = _lift(_backward(solver, steps, ts, f, y0, args, ct_ys))
+    ct_f, ct_y0, ct_args = _lift(method.backward(solver, steps, ts, f, y0, args, ct_ys))
     is_leaf = lambda x: x is None or isinstance(x, ad.UndefinedPrimal)
     # Both trees have None exactly at the non-floating leaves, so they align leafwise.
     cts = jax.tree.map(
@@ -277,7 +308,7 @@ def _tangent_transpose(inputs, cts_out):
         is_leaf=is_leaf,
     )
     no_ct = lambda tree: jax.tree.map(lambda _: None, tree)
-    return no_ct(solver), no_ct(steps), no_ct(ts), no_ct(primals), cts
+    return no_ct(method), no_ct(solver), no_ct(steps), no_ct(ts), no_ct(primals), cts
 
 
 def _backward(solver, steps, ts, f, y0, args, ct_ys):
@@ -326,6 +357,42 @@ def _backward(solver, steps, ts, f, y0, args, ct_ys):
         lambda a, b: a if b is None else a + b, ct_theta, ct_th, is_leaf=lambda x: x is None
     )
     return ct_theta[0], ct_y0, ct_theta[1]
+
+
+def _backsolve(solver, steps, ts, term, y0, args, ct_ys):
+    """Continuous-adjoint reverse pass: cotangents of ``(term, y0, args)``."""
+    _, (y_end, _) = integrate(solver, term, y0, args, ts, steps)
+    theta = (term, args)
+
+    def augmented(t, state, _):
+        y, a, _g = state
+        fy, vjp = eqx.filter_vjp(lambda y_, th: th[0].vf(t, y_, th[1]), y, theta)
+        ct_y, ct_theta = vjp(a)
+        neg = lambda tree: jax.tree.map(jnp.negative, tree)
+        return fy, neg(ct_y), neg(ct_theta)
+
+    aug = ODETerm(augmented)
+    g0 = jax.tree.map(lambda x: jnp.zeros_like(x) if eqx.is_inexact_array(x) else None, theta)
+    a0 = jax.tree.map(lambda c: c[-1], ct_ys)
+
+    def interval_back(state, i):
+        solver_state = solver.init(aug, ts[i + 1], state, None)
+
+        def one_step(r, carry):
+            j = steps - 1 - r
+            t0, t1 = step_times(ts, i, j, steps)
+            return solver.step(aug, t1, t0, *carry, None, t0 - t1)
+
+        state, _ = jax.lax.fori_loop(0, steps, one_step, (state, solver_state))
+        y, a, g = state
+        a = jax.tree.map(lambda a_, c: a_ + c[i], a, ct_ys)
+        return (y, a, g), None
+
+    num_intervals = ts.shape[0] - 1
+    (_, ct_y0, g), _ = jax.lax.scan(
+        interval_back, (y_end, a0, g0), jnp.arange(num_intervals - 1, -1, -1)
+    )
+    return g[0], ct_y0, g[1]
 
 
 def _fill(ct, like):
