@@ -273,8 +273,30 @@ def _round_trip_error(solver, vf, y0, t_end, steps, args=None):
 
 def test_round_trip_small_on_contractive_problem():
     vf = lambda t, y, _: -y + jnp.sin(t)
-    err = _round_trip_error(js.ReversibleHeun(), vf, jnp.array([1.0, 2.0]), 2.0, 200)
-    assert err < 1e-12
+    y0 = jnp.array([1.0, 2.0])
+    _, stats = js.odeint(
+        vf,
+        y0,
+        jnp.array([0.0, 1.0, 2.0]),
+        solver=js.ReversibleHeun(),
+        steps_per_interval=100,
+        return_stats=True,
+    )
+    # The statistic agrees with inverting the steps by hand, and is at round-off.
+    manual = _round_trip_error(js.ReversibleHeun(), vf, y0, 2.0, 200)
+    assert float(stats["reconstruction_error"]) == pytest.approx(manual, rel=0.5, abs=1e-15)
+    assert float(stats["reconstruction_error"]) < 1e-12
+    assert stats["num_steps"] == 200
+    assert stats["vector_field_evaluations"] == 201  # one per step plus the initial one
+
+
+def test_statistics_count_evaluations():
+    vf = lambda t, y, _: -y
+    ts = jnp.array([0.0, 1.0])
+    for solver, per_step in [(js.RK4(), 4), (js.Midpoint(), 2), (js.Reversible(js.RK4()), 8)]:
+        _, stats = js.odeint(vf, jnp.ones(2), ts, solver=solver, dt0=0.1, return_stats=True)
+        assert stats["vector_field_evaluations"] == 10 * per_step
+        assert ("reconstruction_error" in stats) == isinstance(solver, js.AbstractReversibleSolver)
 
 
 def test_coupling_keeps_reconstruction_bounded_where_reversible_heun_drifts():

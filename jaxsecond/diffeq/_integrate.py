@@ -64,3 +64,36 @@ def integrate(
     final, ys = jax.lax.scan(outer, (y0, state0), jnp.arange(ts.shape[0] - 1))
     ys = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), y0, ys)
     return ys, final
+
+
+def statistics(solver, term, y0, args, ts, steps_per_interval: int) -> dict:
+    """Counts for a solve, and for reversible solvers the round-trip error: the largest
+    distance between ``y0`` and the state reconstructed from the end by inverting every
+    step (what ``ReversibleAdjoint``'s gradient accuracy rests on)."""
+    from jaxsecond.diffeq._solvers import AbstractReversibleSolver
+
+    num_steps = (ts.shape[0] - 1) * steps_per_interval
+    stats = {
+        "num_steps": num_steps,
+        "vector_field_evaluations": solver.init_evaluations
+        + num_steps * solver.evaluations_per_step,
+    }
+    if isinstance(solver, AbstractReversibleSolver):
+        y0, args = jax.lax.stop_gradient((y0, args))
+        _, (y, state) = integrate(solver, term, y0, args, ts, steps_per_interval)
+
+        def interval_back(carry, i):
+            def one(r, carry):
+                j = steps_per_interval - 1 - r
+                t0, t1 = step_times(ts, i, j, steps_per_interval)
+                control = term.control(t0, t1, i * steps_per_interval + j)
+                return solver.backward_step(term, t0, t1, *carry, args, control)
+
+            return jax.lax.fori_loop(0, steps_per_interval, one, carry), None
+
+        (y_back, _), _ = jax.lax.scan(
+            interval_back, (y, state), jnp.arange(ts.shape[0] - 2, -1, -1)
+        )
+        errors = jax.tree.map(lambda a, b: jnp.max(jnp.abs(a - b)), y_back, y0)
+        stats["reconstruction_error"] = jnp.max(jnp.stack(jax.tree.leaves(errors)))
+    return stats

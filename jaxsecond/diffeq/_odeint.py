@@ -12,6 +12,7 @@ import numpy as np
 
 from jaxsecond._tree import as_array_leaves, callable_name, describe_mismatch
 from jaxsecond.diffeq._adjoint import AbstractAdjoint, StoreAll
+from jaxsecond.diffeq._integrate import statistics
 from jaxsecond.diffeq._solvers import RK4, AbstractSolver
 from jaxsecond.diffeq._terms import ODETerm
 
@@ -104,6 +105,7 @@ def odeint(
     adjoint: AbstractAdjoint | None = None,
     dt0: float | None = None,
     steps_per_interval: int | None = None,
+    return_stats: bool = False,
 ):
     """Solve ``dy/dt = vector_field(t, y, args)`` from ``y(ts[0]) = y0``.
 
@@ -123,10 +125,14 @@ def odeint(
         dt0: the largest step size.
         steps_per_interval: steps between consecutive times (instead of ``dt0``;
             required when ``ts`` is traced).
+        return_stats: also return a dict: ``num_steps``, ``vector_field_evaluations``
+            and, for reversible solvers, ``reconstruction_error`` (the largest
+            distance between ``y0`` and the state rebuilt by inverting every step;
+            costs two extra solves, only when asked).
 
     Returns:
         The solution at every time in ``ts``: ``y0``'s pytree with a leading axis of
-        length ``len(ts)``.
+        length ``len(ts)`` (and the statistics with ``return_stats=True``).
 
     Example:
         >>> import jax.numpy as jnp, jaxsecond
@@ -144,4 +150,7 @@ def odeint(
     check_output(vector_field, "vector_field", y0, ts, args)
     # Closed-over traced arrays become explicit leaves so every adjoint can reach them.
     term = ODETerm(eqx.filter_closure_convert(vector_field, ts[0], y0, args))
-    return adjoint.solve(solver, term, y0, args, ts, steps)
+    ys = adjoint.solve(solver, term, y0, args, ts, steps)
+    if return_stats:
+        return ys, statistics(solver, term, y0, args, ts, steps)
+    return ys

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from jaxsecond._tree import as_array_leaves, callable_name
 from jaxsecond.curvature._hutchinson import check_key
 from jaxsecond.diffeq._adjoint import AbstractAdjoint
+from jaxsecond.diffeq._integrate import statistics
 from jaxsecond.diffeq._odeint import check_output, prepare
 from jaxsecond.diffeq._solvers import AbstractSolver, EulerMaruyama
 from jaxsecond.diffeq._terms import SDETerm
@@ -29,6 +30,7 @@ def sdeint(
     dt0: float | None = None,
     steps_per_interval: int | None = None,
     brownian=None,
+    return_stats: bool = False,
 ):
     """Solve ``dy = drift(t, y, args) dt + diffusion(t, y, args) dW`` from ``y0``.
 
@@ -52,6 +54,7 @@ def sdeint(
         key: a ``jax.random`` key for the Brownian motion.
         solver, adjoint, dt0, steps_per_interval: as in :func:`odeint`.
         brownian: optional Brownian path (see above).
+        return_stats: as in :func:`odeint`.
 
     Returns:
         The solution at every time in ``ts`` (leading axis ``len(ts)``).
@@ -96,4 +99,7 @@ def sdeint(
         noise_shape=tuple(noise_shape),
         brownian=brownian,
     )
-    return adjoint.solve(solver, term, y0, args, ts, steps)
+    ys = adjoint.solve(solver, term, y0, args, ts, steps)
+    if return_stats:
+        return ys, statistics(solver, term, y0, args, ts, steps)
+    return ys

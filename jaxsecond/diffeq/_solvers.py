@@ -55,6 +55,8 @@ class AbstractSolver(eqx.Module):
     """
 
     order: ClassVar[int]
+    evaluations_per_step: ClassVar[int]
+    init_evaluations: ClassVar[int] = 0
 
     @abc.abstractmethod
     def init(self, term, t0, y0, args) -> Any:
@@ -80,6 +82,10 @@ class ExplicitRungeKutta(AbstractSolver):
     a: ClassVar[tuple[tuple[float, ...], ...]]
     b: ClassVar[tuple[float, ...]]
     c: ClassVar[tuple[float, ...]]
+
+    @property
+    def evaluations_per_step(self) -> int:
+        return len(self.b)
 
     def init(self, term, t0, y0, args):
         return None
@@ -148,6 +154,8 @@ class ReversibleHeun(AbstractReversibleSolver):
     """
 
     order: ClassVar[int] = 2
+    evaluations_per_step: ClassVar[int] = 1
+    init_evaluations: ClassVar[int] = 1
 
     def init(self, term, t0, y0, args):
         return y0, term.vf(t0, y0, args)
@@ -213,6 +221,10 @@ class Reversible(AbstractReversibleSolver):
     @property
     def order(self):  # type: ignore[override]
         return self.base_solver.order
+
+    @property
+    def evaluations_per_step(self) -> int:
+        return 2 * self.base_solver.evaluations_per_step
 
     def init(self, term, t0, y0, args):
         return y0
