@@ -43,6 +43,9 @@ from jaxsecond.diffeq import (
     Checkpointed as Checkpointed,
 )
 from jaxsecond.diffeq import (
+    Dopri5 as Dopri5,
+)
+from jaxsecond.diffeq import (
     Euler as Euler,
 )
 from jaxsecond.diffeq import (

@@ -19,6 +19,7 @@ SOLVERS = {
     "Midpoint": js.Midpoint(),
     "Heun": js.Heun(),
     "RK4": js.RK4(),
+    "Dopri5 (fixed steps)": js.Dopri5(),
     "ReversibleHeun": js.ReversibleHeun(),
     "Reversible(Midpoint)": js.Reversible(js.Midpoint(), coupling=0.999),
     "Reversible(RK4)": js.Reversible(js.RK4(), coupling=0.999),
@@ -48,6 +49,47 @@ def test_convergence_order(name):
     slope = np.polyfit(np.log(2.0 / steps), np.log(errors), 1)[0]
     # A log-log fit over a factor 8 in step size: within 0.3 of the nominal order.
     assert abs(slope - solver.order) <= 0.3, (name, slope, errors)
+
+
+def _oscillator(a, rtol, **kw):
+    vf = lambda t, y, a: jnp.stack([y[1], -a * y[0]])
+    ts = jnp.linspace(0.0, 10.0, 11)
+    return ts, js.odeint(vf, jnp.array([1.0, 0.0]), ts, a, rtol=rtol, atol=rtol, **kw)
+
+
+def test_dopri5_adaptive_tracks_tolerance_and_differentiates():
+    exact = lambda ts, a: jnp.cos(jnp.sqrt(a) * ts)
+    steps = []
+    for tol in (1e-6, 1e-9):
+        ts, (ys, stats) = _oscillator(4.0, tol, return_stats=True)
+        # Local error control: the global error over 10 periods stays within ~20x tol.
+        assert float(jnp.max(jnp.abs(ys[:, 0] - exact(ts, 4.0)))) < 20 * tol
+        steps.append(int(stats["num_steps"]))
+    # Step count grows like tol^(-1/5) for a fifth-order method: 1000^(1/5) ~ 4.
+    assert 2.5 < steps[1] / steps[0] < 6
+    f = lambda a: _oscillator(a, 1e-10)[1][-1, 0]
+    g_exact = jax.grad(lambda a: exact(10.0, a))(4.0)
+    assert float(jax.grad(f)(4.0)) == pytest.approx(float(g_exact), rel=1e-6)
+    assert float(jax.jvp(f, (4.0,), (1.0,))[1]) == pytest.approx(float(g_exact), rel=1e-6)
+    h_exact = jax.hessian(lambda a: exact(10.0, a))(4.0)
+    assert float(jax.hessian(f)(4.0)) == pytest.approx(float(h_exact), rel=1e-5)
+
+
+def test_dopri5_running_out_of_steps_is_reported():
+    with pytest.raises(Exception, match="max_steps=5"):
+        jax.block_until_ready(_oscillator(4.0, 1e-12, max_steps=5)[1])
+    with pytest.raises(ValueError, match="error estimate"):
+        js.odeint(
+            lambda t, y, _: -y, jnp.ones(2), jnp.array([0.0, 1.0]), rtol=1e-6, solver=js.RK4()
+        )
+    with pytest.raises(ValueError, match="StoreAll"):
+        js.odeint(
+            lambda t, y, _: -y,
+            jnp.ones(2),
+            jnp.array([0.0, 1.0]),
+            rtol=1e-6,
+            adjoint=js.ReversibleAdjoint(),
+        )
 
 
 # ------------------------------------------------------------------- problems

@@ -27,6 +27,9 @@ from jaxsecond.diffeq._solvers import (
     AbstractSolver as AbstractSolver,
 )
 from jaxsecond.diffeq._solvers import (
+    Dopri5 as Dopri5,
+)
+from jaxsecond.diffeq._solvers import (
     Euler as Euler,
 )
 from jaxsecond.diffeq._solvers import (

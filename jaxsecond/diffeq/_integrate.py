@@ -97,3 +97,82 @@ def statistics(solver, term, y0, args, ts, steps_per_interval: int) -> dict:
         errors = jax.tree.map(lambda a, b: jnp.max(jnp.abs(a - b)), y_back, y0)
         stats["reconstruction_error"] = jnp.max(jnp.stack(jax.tree.leaves(errors)))
     return stats
+
+
+def integrate_adaptive(solver, term, y0, args, ts, dt0, rtol, atol, max_steps: int):
+    """Adaptive steps with an embedded error estimate and a PID controller.
+
+    Each output interval runs a loop of ``max_steps`` attempts (a fixed-length loop, so
+    every autodiff mode works; attempts after the interval is done change nothing).
+    The step-size decisions are not differentiated: gradients are those of the
+    discretisation that was accepted. Returns ``(ys, stats)``; running out of
+    ``max_steps`` raises at run time.
+    """
+    import equinox as eqx
+
+    k = solver.order  # the error estimate is of order k - 1, so exponents use k
+    b1 = (solver.icoeff + solver.pcoeff + solver.dcoeff) / k
+    b2 = -(solver.pcoeff + 2 * solver.dcoeff) / k
+    b3 = solver.dcoeff / k
+    dtype = ts.dtype
+
+    def rms(tree):
+        leaves = jax.tree.leaves(tree)
+        return jnp.sqrt(sum(jnp.sum(x**2) for x in leaves) / sum(x.size for x in leaves))
+
+    def run_interval(carry, i):
+        y, h, e1, e2, accepted, rejected = carry
+        t_end = ts[i + 1]
+
+        def attempt(_, c):
+            y, t, h, e1, e2, accepted, rejected = c
+            done = t >= t_end
+            h_try = jax.lax.stop_gradient(jnp.minimum(h, t_end - t))
+            h_try = jnp.where(done, jnp.ones_like(h_try), h_try)  # keep the dead step finite
+            inc, err = solver.increment_and_error(term, t, t + h_try, y, args, h_try)
+            y_new = jax.tree.map(jnp.add, y, inc)
+            scale = jax.tree.map(
+                lambda a, b: atol + rtol * jnp.maximum(jnp.abs(a), jnp.abs(b)), y, y_new
+            )
+            e = jax.lax.stop_gradient(rms(jax.tree.map(jnp.divide, err, scale)))
+            e = jnp.where(jnp.isfinite(e), e, jnp.inf)
+            accept = (e <= 1) & ~done
+            safe = jnp.maximum(e, 1e-10)
+            factor = solver.safety * safe ** (-b1) * e1 ** (-b2) * e2 ** (-b3)
+            factor = jnp.clip(
+                jnp.where(jnp.isfinite(factor), factor, solver.factor_min),
+                solver.factor_min,
+                solver.factor_max,
+            )
+            last = h_try >= t_end - t
+            y = jax.tree.map(lambda a, b: jnp.where(accept, a, b), y_new, y)
+            t = jnp.where(accept, jnp.where(last, t_end, t + h_try), t)
+            h = jnp.where(done, h, h_try * factor)
+            e1, e2 = jnp.where(accept, safe, e1), jnp.where(accept, e1, e2)
+            accepted = accepted + accept
+            rejected = rejected + (~accept & ~done)
+            return y, t, h, e1, e2, accepted, rejected
+
+        init = (y, ts[i], h, e1, e2, accepted, rejected)
+        y, t, h, e1, e2, accepted, rejected = jax.lax.fori_loop(0, max_steps, attempt, init)
+        y = eqx.error_if(
+            y,
+            t < t_end,
+            f"odeint: max_steps={max_steps} steps were not enough to reach the next output "
+            "time; raise max_steps or loosen rtol/atol",
+        )
+        return (y, h, e1, e2, accepted, rejected), y
+
+    one = jnp.ones((), dtype)
+    zero = jnp.zeros((), jnp.int32)
+    init = (y0, jnp.asarray(dt0, dtype), one, one, zero, zero)
+    (_, _, _, _, accepted, rejected), ys = jax.lax.scan(
+        run_interval, init, jnp.arange(ts.shape[0] - 1)
+    )
+    ys = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), y0, ys)
+    stats = {
+        "num_steps": accepted,
+        "rejected_steps": rejected,
+        "vector_field_evaluations": (accepted + rejected) * solver.evaluations_per_step,
+    }
+    return ys, stats

@@ -12,8 +12,8 @@ import numpy as np
 
 from jaxsecond._tree import as_array_leaves, callable_name, describe_mismatch
 from jaxsecond.diffeq._adjoint import AbstractAdjoint, StoreAll
-from jaxsecond.diffeq._integrate import statistics
-from jaxsecond.diffeq._solvers import RK4, AbstractSolver
+from jaxsecond.diffeq._integrate import integrate_adaptive, statistics
+from jaxsecond.diffeq._solvers import RK4, AbstractSolver, Dopri5
 from jaxsecond.diffeq._terms import ODETerm
 
 
@@ -105,6 +105,9 @@ def odeint(
     adjoint: AbstractAdjoint | None = None,
     dt0: float | None = None,
     steps_per_interval: int | None = None,
+    rtol: float | None = None,
+    atol: float | None = None,
+    max_steps: int = 4096,
     return_stats: bool = False,
 ):
     """Solve ``dy/dt = vector_field(t, y, args)`` from ``y(ts[0]) = y0``.
@@ -125,6 +128,11 @@ def odeint(
         dt0: the largest step size.
         steps_per_interval: steps between consecutive times (instead of ``dt0``;
             required when ``ts`` is traced).
+        rtol, atol: with a solver that estimates its error (:class:`Dopri5`), adapt the
+            steps to keep the local error within ``atol + rtol |y|`` (``dt0`` is then
+            the first step; reverse mode with :class:`StoreAll`).
+        max_steps: adaptive step attempts per output interval; running out raises at
+            run time.
         return_stats: also return a dict: ``num_steps``, ``vector_field_evaluations``
             and, for reversible solvers, ``reconstruction_error`` (the largest
             distance between ``y0`` and the state rebuilt by inverting every step;
@@ -143,6 +151,21 @@ def odeint(
     """
     if not callable(vector_field):
         raise TypeError(f"vector_field must be callable, got {vector_field!r}")
+    if rtol is not None or atol is not None:
+        return _odeint_adaptive(
+            vector_field,
+            y0,
+            ts,
+            args,
+            solver,
+            adjoint,
+            dt0,
+            steps_per_interval,
+            rtol,
+            atol,
+            max_steps,
+            return_stats,
+        )
     solver, adjoint, y0, ts, steps = prepare(
         solver, adjoint, y0, ts, dt0, steps_per_interval, default_solver=RK4()
     )
@@ -154,3 +177,53 @@ def odeint(
     if return_stats:
         return ys, statistics(solver, term, y0, args, ts, steps)
     return ys
+
+
+def _odeint_adaptive(
+    vector_field,
+    y0,
+    ts,
+    args,
+    solver,
+    adjoint,
+    dt0,
+    steps_per_interval,
+    rtol,
+    atol,
+    max_steps,
+    return_stats,
+):
+    solver = Dopri5() if solver is None else solver
+    if not hasattr(solver, "increment_and_error"):
+        raise ValueError(
+            f"rtol/atol need a solver with an error estimate (Dopri5()), got {solver!r}; "
+            "for fixed steps drop rtol/atol and give dt0"
+        )
+    if adjoint is not None and not isinstance(adjoint, StoreAll):
+        raise ValueError(
+            "adaptive steps (rtol/atol) support adjoint=StoreAll() for now, got "
+            f"{type(adjoint).__name__}; use fixed steps for the memory-flat adjoints"
+        )
+    if steps_per_interval is not None:
+        raise ValueError("steps_per_interval is for fixed steps; with rtol/atol give dt0")
+    for name, tol in (("rtol", rtol), ("atol", atol)):
+        if tol is not None and not tol >= 0:
+            raise ValueError(f"{name} must be non-negative, got {tol!r}")
+    if isinstance(max_steps, bool) or not (isinstance(max_steps, int) and max_steps >= 1):
+        raise ValueError(f"max_steps must be an integer >= 1, got {max_steps!r}")
+    rtol = 0.0 if rtol is None else rtol
+    atol = 0.0 if atol is None else atol
+    if rtol == 0 and atol == 0:
+        raise ValueError("rtol and atol cannot both be zero")
+    ts, _ = _check_ts(ts)
+    if dt0 is not None and not dt0 > 0:
+        raise ValueError(f"dt0 must be positive, got {dt0!r}")
+    y0 = jax.tree.map(jnp.asarray, y0)
+    ts = ts.astype(jnp.result_type(*jax.tree.leaves(y0), ts.dtype))
+    if dt0 is None:
+        dt0 = 0.01 * (ts[1] - ts[0])
+    args = as_array_leaves(args)
+    check_output(vector_field, "vector_field", y0, ts, args)
+    term = ODETerm(eqx.filter_closure_convert(vector_field, ts[0], y0, args))
+    ys, stats = integrate_adaptive(solver, term, y0, args, ts, dt0, rtol, atol, max_steps)
+    return (ys, stats) if return_stats else ys

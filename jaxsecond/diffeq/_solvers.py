@@ -245,3 +245,59 @@ class Reversible(AbstractReversibleSolver):
         inc = self.base_solver.increment(term, t0, t1, z0, args, control)
         y0 = jax.tree.map(lambda y, z, d: (y - (1 - lam) * z - d) / lam, y1, z0, inc)
         return y0, z0
+
+
+class Dopri5(ExplicitRungeKutta):
+    """Dormand-Prince 5(4): order 5 with an embedded order-4 error estimate, seven
+    evaluations per step. With ``rtol``/``atol`` given to :func:`odeint` it adapts
+    its steps with a PID controller (Soderlind's form, coefficients here); otherwise
+    it takes fixed steps like any Runge-Kutta method.
+
+    Attributes:
+        pcoeff, icoeff, dcoeff: proportional, integral and derivative gains of the
+            step-size controller (``icoeff=1``, others 0: the classical I controller).
+        safety: factor applied to every proposed step.
+        factor_min, factor_max: limits on the change of step size per step.
+
+    Reference: J. R. Dormand, P. J. Prince, 1980; G. Soderlind, "Digital filters in
+    adaptive time-stepping", 2003.
+    """
+
+    order: ClassVar[int] = 5
+    a: ClassVar = (
+        (),
+        (1 / 5,),
+        (3 / 40, 9 / 40),
+        (44 / 45, -56 / 15, 32 / 9),
+        (19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729),
+        (9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656),
+        (35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84),
+    )
+    b: ClassVar = (35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84, 0.0)
+    b_low: ClassVar = (
+        5179 / 57600,
+        0.0,
+        7571 / 16695,
+        393 / 640,
+        -92097 / 339200,
+        187 / 2100,
+        1 / 40,
+    )
+    c: ClassVar = (0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0)
+
+    pcoeff: float = 0.3
+    icoeff: float = 0.3
+    dcoeff: float = 0.0
+    safety: float = 0.9
+    factor_min: float = 0.2
+    factor_max: float = 10.0
+
+    def increment_and_error(self, term, t0, t1, y0, args, control):
+        """``(y1 - y0, local error estimate)`` from the embedded pair."""
+        h = t1 - t0
+        stages = []
+        for i, row in enumerate(self.a):
+            yi = _axpy(1.0, _combine(row[:i], stages), y0) if i else y0
+            stages.append(term.prod(term.vf(t0 + self.c[i] * h, yi, args), control))
+        weights = tuple(hi - lo for hi, lo in zip(self.b, self.b_low, strict=True))
+        return _combine(self.b, stages), _combine(weights, stages)
