@@ -290,6 +290,42 @@ def test_reconstructing_adjoints_memory_is_flat_in_steps(adjoint):
     assert store_large >= 5 * store_small
 
 
+@pytest.mark.parametrize("checkpoints", [1, 4, 16, 32])
+def test_checkpointed_memory_follows_its_formula(checkpoints):
+    # Documented: about num_checkpoints saved states plus ceil(steps / num_checkpoints)
+    # steps' worth of intermediates, per output interval. One "step's worth" is what
+    # StoreAll keeps per step (its memory / steps). Checkpoints hold only the carry,
+    # which is smaller, hence the generous upper factor and a lower bound from the
+    # recomputed segment alone.
+    steps = 1024
+    W = 0.1 * jax.random.normal(jax.random.key(0), (64, 64))
+    vf = lambda t, y, W: jnp.tanh(W @ y)
+
+    def temp_bytes(adjoint):
+        def loss(W):
+            ys = js.odeint(
+                vf,
+                jnp.ones(64),
+                jnp.array([0.0, 1.0]),
+                W,
+                solver=js.Heun(),
+                adjoint=adjoint,
+                steps_per_interval=steps,
+            )
+            return jnp.sum(ys[-1] ** 2)
+
+        analysis = jax.jit(jax.grad(loss)).lower(W).compile().memory_analysis()
+        if analysis is None:
+            pytest.skip("no compiled memory analysis on this backend")
+        return analysis.temp_size_in_bytes
+
+    per_step = temp_bytes(js.StoreAll()) / steps
+    measured = temp_bytes(js.Checkpointed(checkpoints)) / per_step
+    predicted = checkpoints + steps / checkpoints
+    print(f"Checkpointed({checkpoints}): {measured:.0f} steps' worth, formula {predicted:.0f}")
+    assert 0.8 * steps / checkpoints <= measured <= 1.2 * predicted
+
+
 # ------------------------------------------------------------------- reversibility
 
 
