@@ -13,6 +13,7 @@ MODULES = [
     "jaxsecond.curvature._lanczos",
     "jaxsecond.diffeq._odeint",
     "jaxsecond.diffeq._solvers",
+    "jaxsecond.diffeq._sdeint",
 ]
 
 
