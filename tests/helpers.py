@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import pathlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -51,3 +55,19 @@ def finite_difference_grad(fun, x, *, eps=1e-6):
         return finite_difference_jvp(lambda z: fun(z.reshape(x.shape)), (flat,), (e,), eps=eps)
 
     return jax.vmap(one)(basis).reshape(x.shape)
+
+
+EXAMPLES_DIR = pathlib.Path(__file__).resolve().parents[1] / "examples"
+
+
+def load_example(name: str):
+    """The example module, from the installed package or else from the source tree."""
+    try:
+        return importlib.import_module(f"jaxsecond.examples.{name}")
+    except ModuleNotFoundError:
+        spec = importlib.util.spec_from_file_location(
+            f"_jaxsecond_example_{name}", EXAMPLES_DIR / f"{name}.py"
+        )
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module

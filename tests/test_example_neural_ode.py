@@ -6,8 +6,6 @@ Float64 throughout (conftest turns x64 on).
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import pathlib
 import re
 
@@ -16,21 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxsecond
-
-EXAMPLES_DIR = pathlib.Path(__file__).resolve().parents[1] / "examples"
-
-
-def load_example(name: str):
-    """The example module, from the installed package or else from the source tree."""
-    try:
-        return importlib.import_module(f"jaxsecond.examples.{name}")
-    except ModuleNotFoundError:
-        spec = importlib.util.spec_from_file_location(
-            f"_jaxsecond_example_{name}", EXAMPLES_DIR / f"{name}.py"
-        )
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
+from tests.helpers import load_example
 
 
 def rel_err(a, b) -> float:

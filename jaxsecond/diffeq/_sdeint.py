@@ -40,6 +40,11 @@ def sdeint(
     :class:`EulerMaruyama` (default) converges to the Ito solution, :class:`Heun`,
     :class:`ReversibleHeun` and ``Reversible(Heun())`` to the Stratonovich solution.
 
+    Stability: :class:`ReversibleHeun`'s spurious mode grows like ``exp(theta t)`` on a
+    drift that reverts at rate ``theta``, whatever the step; for strongly
+    mean-reverting SDEs over long horizons use ``Reversible(Heun(), coupling)`` or a
+    non-reversible solver.
+
     Brownian increments: by default step ``n`` draws ``sqrt(dt) N(0, 1)`` from
     ``jax.random.fold_in(key, n)``, so :class:`ReversibleAdjoint` regenerates them
     in its backward pass instead of storing them. Pass ``brownian=`` any object with
