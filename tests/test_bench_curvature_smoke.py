@@ -9,38 +9,20 @@ Rademacher probes must have.
 
 from __future__ import annotations
 
-import importlib.util
-import pathlib
-import sys
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
-BENCH_DIR = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
+from tests.helpers import load_benchmark
+
 NAME = "bench_curvature"
-
-
-def _load():
-    # Registered in sys.modules before running it, as `jaxsecond bench` does.
-    if NAME in sys.modules:
-        return sys.modules[NAME]
-    spec = importlib.util.spec_from_file_location(NAME, BENCH_DIR / f"{NAME}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[NAME] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        sys.modules.pop(NAME, None)
-        raise
-    return module
 
 
 @pytest.fixture(scope="module")
 def bench():
-    return _load()
+    return load_benchmark(NAME)
 
 
 @pytest.fixture(scope="module")

@@ -14,10 +14,6 @@ saved time off a step end by a few ulps moves the output by about ``|y'|`` times
 
 from __future__ import annotations
 
-import importlib.util
-import pathlib
-import sys
-
 import diffrax
 import jax
 import jax.numpy as jnp
@@ -25,29 +21,14 @@ import numpy as np
 import pytest
 
 import jaxsecond
+from tests.helpers import load_benchmark
 
-BENCH_DIR = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
 NAME = "bench_diffeq"
-
-
-def _load():
-    # Registered in sys.modules before running it, as `jaxsecond bench` does.
-    if NAME in sys.modules:
-        return sys.modules[NAME]
-    spec = importlib.util.spec_from_file_location(NAME, BENCH_DIR / f"{NAME}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[NAME] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        sys.modules.pop(NAME, None)
-        raise
-    return module
 
 
 @pytest.fixture(scope="module")
 def bench():
-    return _load()
+    return load_benchmark(NAME)
 
 
 def _flat(tree) -> np.ndarray:

@@ -7,42 +7,22 @@ script's own float64 reference.
 
 from __future__ import annotations
 
-import importlib.util
-import pathlib
-import sys
-
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-BENCH_DIR = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
-
-
-def _load(name: str):
-    # Registered in sys.modules before running it, as `jaxsecond bench` does: dataclasses
-    # with postponed annotations look their module up there.
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, BENCH_DIR / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        sys.modules.pop(name, None)
-        raise
-    return module
+from tests.helpers import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def unrolled_bench():
-    return _load("bench_implicit_vs_unrolled")
+    return load_benchmark("bench_implicit_vs_unrolled")
 
 
 @pytest.fixture(scope="module")
 def jaxopt_bench():
     pytest.importorskip("jaxopt")
-    return _load("bench_implicit_vs_jaxopt")
+    return load_benchmark("bench_implicit_vs_jaxopt")
 
 
 @pytest.mark.parametrize("kind", ["ridge", "lasso"])
