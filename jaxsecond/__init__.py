@@ -87,5 +87,17 @@ from jaxsecond.implicit import (
 from jaxsecond.implicit import (
     root_vjp as root_vjp,
 )
+from jaxsecond.optim import (
+    ScaleByAdaHessianState as ScaleByAdaHessianState,
+)
+from jaxsecond.optim import (
+    adahessian as adahessian,
+)
+from jaxsecond.optim import (
+    scale_by_adahessian as scale_by_adahessian,
+)
+from jaxsecond.optim import (
+    value_grad_and_hessian_diagonal as value_grad_and_hessian_diagonal,
+)
 
 __version__ = "0.1.0"

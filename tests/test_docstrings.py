@@ -14,6 +14,7 @@ MODULES = [
     "jaxsecond.diffeq._odeint",
     "jaxsecond.diffeq._solvers",
     "jaxsecond.diffeq._sdeint",
+    "jaxsecond.optim._adahessian",
 ]
 
 
