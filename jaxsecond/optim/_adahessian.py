@@ -133,8 +133,11 @@ def scale_by_adahessian(
         num_samples: Hutchinson probes per estimate (with ``obj_fn``).
         average_abs: take ``|.|`` before the spatial mean (the authors' choice) or
             after it.
-        axis_name: average the estimate over this mapped axis (``shard_map``/``pmap``
-            data parallelism), so every device applies the same preconditioner.
+        axis_name: average the estimate over this mapped axis when each device holds
+            its own estimate (``pmap``, or per-device values in ``shard_map``), so all
+            devices apply the same preconditioner. Under ``jax.shard_map``, derivatives
+            with respect to replicated parameters are already combined over the mesh
+            (scale each device's loss by ``1 / num_devices``); see the tests.
         seed, key: randomness of the probes (``key`` overrides ``seed``).
 
     Example:
