@@ -171,6 +171,38 @@ def test_lazy_hessian_counts_estimates(getkey):
     assert not np.array_equal(nus[3], nus[2])
 
 
+def test_lazy_hessian_without_an_estimate_between_refreshes(getkey):
+    loss = lambda p: jnp.sum(jnp.exp(p))
+    p = jnp.array([0.1, -0.2])
+    one_pass = jaxsecond.value_grad_and_hessian_diagonal(loss)
+    lazy = jaxsecond.adahessian(learning_rate=0.1, update_interval=2)
+    eager = jaxsecond.adahessian(learning_rate=0.1, update_interval=2)
+    s_lazy, s_eager, p_lazy, p_eager = lazy.init(p), eager.init(p), p, p
+    for i in range(5):
+        _, g, d = one_pass(p_lazy, jax.random.key(i // 2))
+        # Without params: no weight decay, so the chain does not need them.
+        kwargs = {"hessian_diagonal": d} if i % 2 == 0 else {}
+        u, s_lazy = lazy.update(g, s_lazy, **kwargs)
+        p_lazy = optax.apply_updates(p_lazy, u)
+        _, g, d = one_pass(p_eager, jax.random.key(i // 2))
+        u, s_eager = eager.update(g, s_eager, hessian_diagonal=d)
+        p_eager = optax.apply_updates(p_eager, u)
+    # Omitting the ignored estimate changes nothing.
+    np.testing.assert_allclose(p_lazy, p_eager, rtol=1e-14)
+    with pytest.raises(Exception, match="refreshes the Hessian estimate"):
+        jax.block_until_ready(lazy.update(g, s_lazy)[0])  # step 5 % 2 != 0 is fine ...
+        _, s6 = lazy.update(g, s_lazy)
+        jax.block_until_ready(lazy.update(g, s6)[0])  # ... step 6 must refresh
+
+
+def test_default_averaging_leaves_non_kernel_leaves_alone(getkey):
+    stacked = jax.random.normal(getkey(), (3, 4, 5))  # e.g. stacked layers, not a kernel
+    opt = jaxsecond.scale_by_adahessian(b1=0.0, b2=0.0, eps=0.0)
+    g = {"s": jnp.ones_like(stacked)}
+    u, _ = opt.update(g, opt.init(g), None, hessian_diagonal={"s": stacked})
+    np.testing.assert_allclose(1.0 / u["s"], jnp.abs(stacked), rtol=1e-12)
+
+
 # ------------------------------------------------------------------------- composition
 
 

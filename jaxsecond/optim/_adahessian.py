@@ -77,12 +77,12 @@ def value_grad_and_hessian_diagonal(fun: Callable, num_samples: int = 1):
 
 def _spatial_axes(leaf_ndim: int, layout) -> tuple[int, ...]:
     if isinstance(layout, tuple):
-        return layout
-    if layout == "none" or leaf_ndim < 3:
-        return ()
-    if layout == "oihw":  # equinox/PyTorch Conv: (out, in, *kernel)
-        return tuple(range(2, leaf_ndim))
-    return tuple(range(leaf_ndim - 2))  # hwio: (*kernel, in, out)
+        return layout if leaf_ndim >= 3 else ()
+    if layout == "none" or leaf_ndim != 4:
+        return ()  # only 2-D convolution kernels by default: other leaves are left alone
+    if layout == "oihw":  # equinox/PyTorch Conv2d: (out, in, h, w)
+        return (2, 3)
+    return (0, 1)  # hwio: (h, w, in, out)
 
 
 def _average(d, axes, block_size, average_abs):
@@ -115,16 +115,21 @@ def scale_by_adahessian(
     ``update(grads, state, params, obj_fn=...)`` draws Hutchinson probes itself
     (independent per leaf and per step); ``update(grads, state, params,
     hessian_diagonal=...)`` uses an estimate computed elsewhere, e.g. by
-    :func:`value_grad_and_hessian_diagonal` together with the gradient.
+    :func:`value_grad_and_hessian_diagonal` together with the gradient. With
+    ``update_interval > 1`` both may be omitted on the steps that do not refresh the
+    estimate (``state.count % update_interval != 0``), so a training loop can skip the
+    Hessian-vector products there; a refresh step without an estimate raises.
 
     Args:
         b1, b2: decay rates of the first moment and of the Hessian second moment.
         eps: added to the denominator.
         hessian_power: ``k`` in ``(sqrt(v))^k``, in (0, 1] (1 in the paper).
         spatial_average: how each leaf's estimate is averaged: ``"oihw"`` (default:
-            4-D kernels laid out ``(out, in, h, w)`` as equinox's ``Conv2d``, averaged
-            over ``h, w``; 3-D over the last axis), ``"hwio"`` (kernel axes first),
-            ``"none"``, or a tuple of axes applied to every leaf with 3+ dimensions.
+            4-D leaves are 2-D convolution kernels laid out ``(out, in, h, w)`` as
+            equinox's ``Conv2d``, averaged over ``h, w``; other leaves untouched),
+            ``"hwio"`` (4-D kernels with the kernel axes first), ``"none"``, or a tuple
+            of axes applied to every leaf with 3+ dimensions (e.g. ``(2,)`` for
+            ``Conv1d`` kernels).
         block_size: for leaves of at most 2 dimensions, average over consecutive
             blocks of this size along the last axis (the paper's transformer setting).
         update_interval: estimate the Hessian every this many steps (lazy Hessian);
@@ -201,7 +206,7 @@ def scale_by_adahessian(
     def update_fn(updates, state, params=None, *, obj_fn=None, hessian_diagonal=None, **extra):
         del extra
         grads = eqx.filter(updates, eqx.is_inexact_array)
-        if obj_fn is None and hessian_diagonal is None:
+        if obj_fn is None and hessian_diagonal is None and update_interval == 1:
             raise ValueError(
                 "AdaHessian needs obj_fn= (params -> loss; probes are drawn here) or "
                 "hessian_diagonal= (an estimate, e.g. from value_grad_and_hessian_diagonal)"
@@ -236,6 +241,15 @@ def scale_by_adahessian(
 
         if update_interval == 1:
             nu = new_nu(None)
+        elif obj_fn is None and hessian_diagonal is None:
+            # The caller skips the estimate between refreshes; it must supply one at
+            # every refresh step (count % update_interval == 0).
+            nu = eqx.error_if(
+                state.nu,
+                refresh,
+                "AdaHessian: this step refreshes the Hessian estimate "
+                "(count % update_interval == 0) but got no obj_fn= or hessian_diagonal=",
+            )
         else:
             # Lazy Hessian: skip the Hessian-vector products between refreshes.
             nu = jax.lax.cond(refresh, new_nu, lambda _: state.nu, None)
@@ -292,6 +306,9 @@ def adahessian(
         >>> print(jnp.round(p, 2))
         [3. 3.]
     """
+    # Without weight decay the chain does not need params (optax's decay step does).
+    no_decay = isinstance(weight_decay, int | float) and weight_decay == 0
+    decay = [] if no_decay else [optax.add_decayed_weights(weight_decay)]
     return optax.chain(
         scale_by_adahessian(
             b1=b1,
@@ -307,6 +324,6 @@ def adahessian(
             seed=seed,
             key=key,
         ),
-        optax.add_decayed_weights(weight_decay),
+        *decay,
         optax.scale_by_learning_rate(learning_rate),
     )
