@@ -312,3 +312,50 @@ def test_data_parallel_estimate_is_averaged_across_devices():
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert float(out.stdout.split()[-1]) < 1e-12
+
+
+def test_trajectory_matches_torch_optimizer_given_the_same_probes(monkeypatch):
+    # torch-optimizer's Adahessian (the PyTorch peer) and ours, from the same weights on
+    # the same data with the same Rademacher probes and Hessian power: the parameter
+    # trajectories must agree to float64 round-off. Skipped without the bench extra.
+    torch = pytest.importorskip("torch")
+    torch_optimizer = pytest.importorskip("torch_optimizer")
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(16, 3)), rng.normal(size=(16, 1))
+    init = {
+        "W1": rng.normal(size=(4, 3)),
+        "b1": rng.normal(size=(4,)),
+        "W2": rng.normal(size=(1, 4)),
+        "b2": rng.normal(size=(1,)),
+    }
+    names = list(init)
+    steps = 5
+    probes = [{n: rng.choice([-1.0, 1.0], size=init[n].shape) for n in names} for _ in range(steps)]
+
+    def loss(p):
+        h = jnp.tanh(jnp.asarray(X) @ p["W1"].T + p["b1"])
+        return jnp.mean((h @ p["W2"].T + p["b2"] - jnp.asarray(y)) ** 2)
+
+    opt = jaxsecond.adahessian(learning_rate=0.15, hessian_power=0.5)
+    p = {n: jnp.asarray(v) for n, v in init.items()}
+    state = opt.init(p)
+    for z in probes:
+        z = {n: jnp.asarray(v) for n, v in z.items()}
+        diag = jax.tree.map(jnp.multiply, z, jaxsecond.hvp(loss, p, z))
+        updates, state = opt.update(jax.grad(loss)(p), state, p, hessian_diagonal=diag)
+        p = optax.apply_updates(p, updates)
+
+    tp = {n: torch.tensor(v, dtype=torch.float64, requires_grad=True) for n, v in init.items()}
+    topt = torch_optimizer.Adahessian([tp[n] for n in names], lr=0.15, hessian_power=0.5)
+    queue = []
+    # torch-optimizer draws v = 2 * randint_like(p, 2) - 1 per parameter, in order.
+    monkeypatch.setattr(torch, "randint_like", lambda t, high, **kw: queue.pop(0))
+    Xt, yt = torch.tensor(X), torch.tensor(y)
+    for z in probes:
+        queue[:] = [torch.tensor((z[n] + 1) / 2) for n in names]
+        topt.zero_grad()
+        h = torch.tanh(Xt @ tp["W1"].T + tp["b1"])
+        torch.mean((h @ tp["W2"].T + tp["b2"] - yt) ** 2).backward(create_graph=True)
+        topt.step()
+    for n in names:
+        np.testing.assert_allclose(p[n], tp[n].detach().numpy(), rtol=1e-10, atol=1e-12)
