@@ -66,6 +66,23 @@ def probe(key, index, dynamic, distribution: str = "rademacher"):
     return unravel(_draw(sample_key, flat.shape, flat.dtype, distribution))
 
 
+def probe_product(f, dynamic, key, index, distribution: str = "rademacher"):
+    """``z * (H z)`` for the ``index``-th probe ``z``: one sample of the diagonal."""
+    z = probe(key, index, dynamic, distribution)
+    hz = jax.jvp(jax.grad(f), (dynamic,), (z,))[1]
+    return jax.tree.map(jnp.multiply, z, hz)
+
+
+def _checked(fun, params, key, num_samples, batch_size, distribution):
+    f, dynamic = scalar_function(fun, params)
+    check_key(key)
+    check_count(num_samples, "num_samples")
+    if batch_size is not None:
+        check_count(batch_size, "batch_size")
+    _check_distribution(distribution)
+    return f, dynamic
+
+
 def streaming_mean(sample_fn: Callable, num_samples: int, batch_size: int | None):
     """Mean and standard error of ``sample_fn(i)`` over ``i < num_samples``.
 
@@ -153,17 +170,10 @@ def hutchinson_diagonal(
         >>> print(d["w"], d["b"])
         [12. 48.] 2.0
     """
-    f, dynamic = scalar_function(fun, params)
-    check_key(key)
-    check_count(num_samples, "num_samples")
-    if batch_size is not None:
-        check_count(batch_size, "batch_size")
-    _check_distribution(distribution)
+    f, dynamic = _checked(fun, params, key, num_samples, batch_size, distribution)
 
     def sample(i):
-        z = probe(key, i, dynamic, distribution)
-        hz = jax.jvp(jax.grad(f), (dynamic,), (z,))[1]
-        return jax.tree.map(jnp.multiply, z, hz)
+        return probe_product(f, dynamic, key, i, distribution)
 
     mean, stderr = streaming_mean(sample, num_samples, batch_size)
     return (mean, stderr) if return_stderr else mean
@@ -199,17 +209,10 @@ def hutchinson_trace(
         >>> print(jaxsecond.hutchinson_trace(f, jnp.zeros(4), jax.random.key(0), 4))
         10.0
     """
-    f, dynamic = scalar_function(fun, params)
-    check_key(key)
-    check_count(num_samples, "num_samples")
-    if batch_size is not None:
-        check_count(batch_size, "batch_size")
-    _check_distribution(distribution)
+    f, dynamic = _checked(fun, params, key, num_samples, batch_size, distribution)
 
     def sample(i):
-        z = probe(key, i, dynamic, distribution)
-        hz = jax.jvp(jax.grad(f), (dynamic,), (z,))[1]
-        leaf_traces = jax.tree.map(lambda a, b: jnp.vdot(a, b).real, z, hz)
+        leaf_traces = jax.tree.map(jnp.sum, probe_product(f, dynamic, key, i, distribution))
         return leaf_traces, sum(jax.tree.leaves(leaf_traces))
 
     (leaf_mean, total_mean), (leaf_err, total_err) = streaming_mean(sample, num_samples, batch_size)

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxsecond._tree import describe_mismatch
-from jaxsecond.curvature._hutchinson import check_count, probe
+from jaxsecond.curvature._hutchinson import check_count, probe, probe_product
 from jaxsecond.curvature._products import scalar_function
 
 LAYOUTS = ("oihw", "hwio", "none")
@@ -195,12 +195,9 @@ def scale_by_adahessian(
         f, dynamic = scalar_function(obj_fn, params, name="obj_fn")
         step_key = jax.random.fold_in(jax.random.wrap_key_data(key_data), step)
 
-        def sample(i):
-            z = probe(step_key, i, dynamic)
-            hz = jax.jvp(jax.grad(f), (dynamic,), (z,))[1]
-            return jax.tree.map(jnp.multiply, z, hz)
-
-        samples = jax.vmap(sample)(jnp.arange(num_samples))
+        samples = jax.vmap(lambda i: probe_product(f, dynamic, step_key, i))(
+            jnp.arange(num_samples)
+        )
         return jax.tree.map(lambda s: jnp.mean(s, 0), samples)
 
     def update_fn(updates, state, params=None, *, obj_fn=None, hessian_diagonal=None, **extra):
