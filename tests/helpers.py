@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import pathlib
+import re
 import sys
 
 import jax
@@ -22,6 +23,19 @@ def tree_allclose(x, y, *, rtol=1e-7, atol=0.0) -> bool:
         np.shape(a) == np.shape(b) and np.allclose(a, b, rtol=rtol, atol=atol)
         for a, b in zip(xl, yl, strict=True)
     )
+
+
+def rel_err(a, b) -> float:
+    """``|a - b| / |b|`` in the Euclidean norm."""
+    a, b = np.asarray(a), np.asarray(b)
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def headline_numbers(key_figure: str, pattern: str) -> tuple[float, ...]:
+    """The numbers an example's ``key_figure`` reports, by regular expression."""
+    match = re.search(pattern, key_figure)
+    assert match, f"{pattern!r} not found in {key_figure!r}"
+    return tuple(float(g) for g in match.groups())
 
 
 def assert_tree_allclose(x, y, *, rtol=1e-7, atol=0.0):

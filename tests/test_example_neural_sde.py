@@ -8,25 +8,13 @@ Float64 throughout (conftest turns x64 on).
 from __future__ import annotations
 
 import pathlib
-import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import jaxsecond
-from tests.helpers import load_example
-
-
-def rel_err(a, b) -> float:
-    a, b = np.asarray(a), np.asarray(b)
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
-
-
-def headline_numbers(key_figure: str, pattern: str) -> tuple[float, ...]:
-    match = re.search(pattern, key_figure)
-    assert match, f"{pattern!r} not found in {key_figure!r}"
-    return tuple(float(g) for g in match.groups())
+from tests.helpers import headline_numbers, load_example, rel_err
 
 
 def test_data_has_the_ou_moments():

@@ -16,12 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.helpers import load_example
-
-
-def rel_err(a, b) -> float:
-    a, b = np.asarray(a), np.asarray(b)
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+from tests.helpers import load_example, rel_err
 
 
 def assert_ran(result, out: pathlib.Path, expected_png: str):
