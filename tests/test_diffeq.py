@@ -82,6 +82,8 @@ def test_dopri5_running_out_of_steps_is_reported():
         js.odeint(
             lambda t, y, _: -y, jnp.ones(2), jnp.array([0.0, 1.0]), rtol=1e-6, solver=js.RK4()
         )
+    with pytest.raises(TypeError, match="floating point"):
+        js.odeint(lambda t, y, _: -y, jnp.array([1, 2]), jnp.array([0.0, 1.0]), rtol=1e-6)
     with pytest.raises(ValueError, match="StoreAll"):
         js.odeint(
             lambda t, y, _: -y,

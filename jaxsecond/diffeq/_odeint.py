@@ -67,8 +67,15 @@ def prepare(solver, adjoint, y0, ts, dt0, steps_per_interval, *, default_solver)
         raise TypeError(f"solver must be a jaxsecond solver (e.g. RK4()), got {solver!r}")
     if not isinstance(adjoint, AbstractAdjoint):
         raise TypeError(f"adjoint must be a jaxsecond adjoint (e.g. StoreAll()), got {adjoint!r}")
-    ts, concrete = _check_ts(ts)
+    y0, ts, concrete = _state_and_times(y0, ts)
     steps = _steps_per_interval(concrete, dt0, steps_per_interval)
+    return solver, adjoint, y0, ts, steps
+
+
+def _state_and_times(y0, ts):
+    """``y0`` as floating-point arrays and checked ``ts`` in their precision, plus ``ts``
+    as NumPy when concrete (else None)."""
+    ts, concrete = _check_ts(ts)
     y0 = jax.tree.map(jnp.asarray, y0)
     for path, leaf in jax.tree_util.tree_flatten_with_path(y0)[0]:
         if not jnp.issubdtype(leaf.dtype, jnp.inexact):
@@ -76,8 +83,7 @@ def prepare(solver, adjoint, y0, ts, dt0, steps_per_interval, *, default_solver)
             raise TypeError(
                 f"y0: leaf {where} has dtype {leaf.dtype}; the state must be floating point"
             )
-    ts = ts.astype(jnp.result_type(*jax.tree.leaves(y0), ts.dtype))
-    return solver, adjoint, y0, ts, steps
+    return y0, ts.astype(jnp.result_type(*jax.tree.leaves(y0), ts.dtype)), concrete
 
 
 def check_output(fn, name, y0, ts, args, expected=None):
@@ -215,11 +221,9 @@ def _odeint_adaptive(
     atol = 0.0 if atol is None else atol
     if rtol == 0 and atol == 0:
         raise ValueError("rtol and atol cannot both be zero")
-    ts, _ = _check_ts(ts)
     if dt0 is not None and not dt0 > 0:
         raise ValueError(f"dt0 must be positive, got {dt0!r}")
-    y0 = jax.tree.map(jnp.asarray, y0)
-    ts = ts.astype(jnp.result_type(*jax.tree.leaves(y0), ts.dtype))
+    y0, ts, _ = _state_and_times(y0, ts)
     if dt0 is None:
         dt0 = 0.01 * (ts[1] - ts[0])
     args = as_array_leaves(args)
