@@ -1,0 +1,1 @@
+"""Multiresolution hash-grid encoding."""

@@ -1,0 +1,1 @@
+"""Differentiable architecture search: RARTS and DARTS."""
