@@ -24,7 +24,13 @@ import jax
 import jax.numpy as jnp
 from jax.interpreters import ad, batching
 
-from jaxsecond.diffeq._integrate import integrate, step_times
+from jaxsecond.diffeq._integrate import (
+    integrate,
+    num_intervals,
+    skip_dead_steps,
+    start_time,
+    step_times,
+)
 from jaxsecond.diffeq._solvers import AbstractReversibleSolver, AbstractSolver
 from jaxsecond.diffeq._terms import ODETerm, SDETerm
 
@@ -316,7 +322,6 @@ def _tangent_transpose(inputs, cts_out):
 def _backward(solver, steps, ts, f, y0, args, ct_ys):
     """Reverse pass by reconstruction: cotangents of ``(f, y0, args)``."""
     _, (y_end, state_end) = integrate(solver, f, y0, args, ts, steps)
-    num_intervals = ts.shape[0] - 1
     diff = lambda x: eqx.is_inexact_array(x)
     theta = (f, args)
     zeros_theta = jax.tree.map(lambda x: jnp.zeros_like(x) if diff(x) else None, theta)
@@ -324,21 +329,28 @@ def _backward(solver, steps, ts, f, y0, args, ct_ys):
     ct_last = jax.tree.map(lambda c: c[-1], ct_ys)
 
     def step_back(carry, j, i):
-        y1, state1, ct_y1, ct_state1, ct_theta = carry
         t0, t1 = step_times(ts, i, j, steps)
         control = f.control(t0, t1, i * steps + j)  # regenerated, not stored
-        y0_, state0 = solver.backward_step(f, t0, t1, y1, state1, args, control)
 
-        def forward_step(y, state, theta):
-            f_, args_ = theta
-            return solver.step(f_, t0, t1, y, state, args_, control)
+        def back(carry):
+            y1, state1, ct_y1, ct_state1, ct_theta = carry
+            y0_, state0 = solver.backward_step(f, t0, t1, y1, state1, args, control)
 
-        _, vjp = eqx.filter_vjp(forward_step, y0_, state0, theta)
-        ct_y0, ct_state0, ct_th = vjp((ct_y1, ct_state1))
-        ct_theta = jax.tree.map(
-            lambda a, b: a if b is None else a + b, ct_theta, ct_th, is_leaf=lambda x: x is None
-        )
-        return (y0_, state0, ct_y0, _fill(ct_state0, state0), ct_theta), None
+            def forward_step(y, state, theta):
+                f_, args_ = theta
+                return solver.step(f_, t0, t1, y, state, args_, control)
+
+            _, vjp = eqx.filter_vjp(forward_step, y0_, state0, theta)
+            ct_y0, ct_state0, ct_th = vjp((ct_y1, ct_state1))
+            ct_theta = jax.tree.map(
+                lambda a, b: a if b is None else a + b,
+                ct_theta,
+                ct_th,
+                is_leaf=lambda x: x is None,
+            )
+            return y0_, state0, ct_y0, _fill(ct_state0, state0), ct_theta
+
+        return skip_dead_steps(ts, t0, t1, back, carry), None
 
     def interval_back(carry, i):
         carry = jax.lax.fori_loop(0, steps, lambda r, c: step_back(c, steps - 1 - r, i)[0], carry)
@@ -347,11 +359,11 @@ def _backward(solver, steps, ts, f, y0, args, ct_ys):
         return (y, state, ct_y, ct_state, ct_theta), None
 
     init = (y_end, state_end, ct_last, zeros_state, zeros_theta)
-    carry, _ = jax.lax.scan(interval_back, init, jnp.arange(num_intervals - 1, -1, -1))
+    carry, _ = jax.lax.scan(interval_back, init, jnp.arange(num_intervals(ts) - 1, -1, -1))
     y_start, _, ct_y, ct_state, ct_theta = carry
     # The initial solver state depends on y0 and theta too (e.g. a cached f(t0, y0)).
     _, vjp_init = eqx.filter_vjp(
-        lambda y, theta: solver.init(theta[0], ts[0], y, theta[1]), y_start, theta
+        lambda y, theta: solver.init(theta[0], start_time(ts), y, theta[1]), y_start, theta
     )
     ct_y_init, ct_th = vjp_init(ct_state)
     ct_y0 = jax.tree.map(jnp.add, ct_y, ct_y_init)
@@ -378,21 +390,21 @@ def _backsolve(solver, steps, ts, term, y0, args, ct_ys):
     a0 = jax.tree.map(lambda c: c[-1], ct_ys)
 
     def interval_back(state, i):
-        solver_state = solver.init(aug, ts[i + 1], state, None)
+        solver_state = solver.init(aug, step_times(ts, i, steps - 1, steps)[1], state, None)
 
         def one_step(r, carry):
             j = steps - 1 - r
             t0, t1 = step_times(ts, i, j, steps)
-            return solver.step(aug, t1, t0, *carry, None, t0 - t1)
+            step = lambda c: solver.step(aug, t1, t0, *c, None, t0 - t1)
+            return skip_dead_steps(ts, t0, t1, step, carry)
 
         state, _ = jax.lax.fori_loop(0, steps, one_step, (state, solver_state))
         y, a, g = state
         a = jax.tree.map(lambda a_, c: a_ + c[i], a, ct_ys)
         return (y, a, g), None
 
-    num_intervals = ts.shape[0] - 1
     (_, ct_y0, g), _ = jax.lax.scan(
-        interval_back, (y_end, a0, g0), jnp.arange(num_intervals - 1, -1, -1)
+        interval_back, (y_end, a0, g0), jnp.arange(num_intervals(ts) - 1, -1, -1)
     )
     return g[0], ct_y0, g[1]
 

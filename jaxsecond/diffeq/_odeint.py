@@ -11,9 +11,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxsecond._tree import as_array_leaves, callable_name, describe_mismatch
-from jaxsecond.diffeq._adjoint import AbstractAdjoint, StoreAll
+from jaxsecond.diffeq._adjoint import (
+    AbstractAdjoint,
+    BacksolveAdjoint,
+    ReversibleAdjoint,
+    StoreAll,
+)
 from jaxsecond.diffeq._integrate import integrate_adaptive, statistics
-from jaxsecond.diffeq._solvers import RK4, AbstractSolver, Dopri5
+from jaxsecond.diffeq._solvers import RK4, AbstractSolver, Dopri5, Reversible
 from jaxsecond.diffeq._terms import ODETerm
 
 
@@ -134,9 +139,15 @@ def odeint(
         dt0: the largest step size.
         steps_per_interval: steps between consecutive times (instead of ``dt0``;
             required when ``ts`` is traced).
-        rtol, atol: with a solver that estimates its error (:class:`Dopri5`), adapt the
-            steps to keep the local error within ``atol + rtol |y|`` (``dt0`` is then
-            the first step; reverse mode with :class:`StoreAll`).
+        rtol, atol: with a solver that estimates its error (:class:`Dopri5`, or
+            ``Reversible(Dopri5())``), adapt the steps to keep the local error within
+            ``atol + rtol |y|`` (``dt0`` is then the first step). Adjoints:
+            :class:`StoreAll` differentiates the adaptive loop; :class:`ReversibleAdjoint`
+            and :class:`BacksolveAdjoint` first choose the steps (no derivatives), record
+            the accepted step times (``len(ts) - 1`` rows of ``max_steps + 1`` scalars:
+            memory linear in the number of steps, but scalars, not states) and solve
+            again on them, so the forward pass costs two solves. Gradients are those of
+            the recorded discretisation; the step-size choice is not differentiated.
         max_steps: adaptive step attempts per output interval; running out raises at
             run time.
         return_stats: also return a dict: ``num_steps``, ``vector_field_evaluations``
@@ -200,15 +211,18 @@ def _odeint_adaptive(
     return_stats,
 ):
     solver = Dopri5() if solver is None else solver
-    if not hasattr(solver, "increment_and_error"):
+    method = solver.base_solver if isinstance(solver, Reversible) else solver
+    if not hasattr(method, "increment_and_error"):
         raise ValueError(
-            f"rtol/atol need a solver with an error estimate (Dopri5()), got {solver!r}; "
-            "for fixed steps drop rtol/atol and give dt0"
+            "rtol/atol need a solver with an error estimate (Dopri5() or "
+            f"Reversible(Dopri5())), got {solver!r}; for fixed steps drop rtol/atol and "
+            "give dt0"
         )
-    if adjoint is not None and not isinstance(adjoint, StoreAll):
+    adjoint = StoreAll() if adjoint is None else adjoint
+    if not isinstance(adjoint, StoreAll | ReversibleAdjoint | BacksolveAdjoint):
         raise ValueError(
-            "adaptive steps (rtol/atol) support adjoint=StoreAll() for now, got "
-            f"{type(adjoint).__name__}; use fixed steps for the memory-flat adjoints"
+            "adaptive steps (rtol/atol) support StoreAll(), ReversibleAdjoint() and "
+            f"BacksolveAdjoint(), got {adjoint!r}; Checkpointed needs fixed steps"
         )
     if steps_per_interval is not None:
         raise ValueError("steps_per_interval is for fixed steps; with rtol/atol give dt0")
@@ -229,5 +243,23 @@ def _odeint_adaptive(
     args = as_array_leaves(args)
     check_output(vector_field, "vector_field", y0, ts, args)
     term = ODETerm(eqx.filter_closure_convert(vector_field, ts[0], y0, args))
-    ys, stats = integrate_adaptive(solver, term, y0, args, ts, dt0, rtol, atol, max_steps)
-    return (ys, stats) if return_stats else ys
+    if isinstance(adjoint, StoreAll):
+        ys, stats, _ = integrate_adaptive(solver, term, y0, args, ts, dt0, rtol, atol, max_steps)
+        return (ys, stats) if return_stats else ys
+    # Choose the steps first, without derivatives, then solve again on the recorded
+    # grid with the memory-flat adjoint: its reverse pass walks the same steps back.
+    dynamic, static = eqx.partition((term, y0, args), eqx.is_array)
+    term_, y0_, args_ = eqx.combine(jax.lax.stop_gradient(dynamic), static)
+    _, stats, grid = integrate_adaptive(solver, term_, y0_, args_, ts, dt0, rtol, atol, max_steps)
+    ys = adjoint.solve(solver, term, y0, args, grid, max_steps)
+    if not return_stats:
+        return ys
+    stats["vector_field_evaluations"] = (
+        stats["vector_field_evaluations"]
+        + solver.init_evaluations
+        + jnp.sum(stats["num_steps"]) * solver.evaluations_per_step
+    )
+    recorded = statistics(solver, term_, y0_, args_, grid, max_steps)
+    if "reconstruction_error" in recorded:
+        stats["reconstruction_error"] = recorded["reconstruction_error"]
+    return ys, stats
