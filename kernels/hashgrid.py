@@ -74,6 +74,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Sequence
@@ -367,7 +368,12 @@ def interpolate_reference(x, tables, config: GridConfig, order: int = 0) -> tupl
     _check_config(config)
     _check_order(order)
     x, tables = _check_x(x, config), _check_tables(tables, config)
-    x = x.astype(tables.dtype)
+    return _interpolate_reference(x.astype(tables.dtype), tables, config, order)
+
+
+# One XLA computation per (shapes, config, order), rather than hundreds of eager ops.
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _interpolate_reference(x, tables, config, order):
     dim, n = config.dim, x.shape[0]
     scale, res, size, hashed = _level_arrays(config, tables.dtype)
     xs = [x[:, None, i] for i in range(dim)]  # [N, 1] against [L]
@@ -424,8 +430,12 @@ def scatter_reference(x, cotangents, config: GridConfig) -> jax.Array:
     _check_config(config)
     x = _check_x(x, config)
     cot, dtype = _check_cotangents(cotangents, x.shape[0], config)
-    x = x.astype(dtype)
-    dim = config.dim
+    return _scatter_reference(x.astype(dtype), cot, config)
+
+
+@functools.partial(jax.jit, static_argnums=(2,))
+def _scatter_reference(x, cot, config):
+    dim, dtype = config.dim, x.dtype
     reduced = _reduced_cotangents(cot, dim)
     scale, res, size, hashed = _level_arrays(config, dtype)
     xs = [x[:, None, i] for i in range(dim)]
@@ -543,6 +553,7 @@ def interpolate_pallas(
     )
 
 
+@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5, 6))
 def _interpolate_pallas(x, tables, config, order, block_size, interpret, num_warps):
     dim, n, dtype = config.dim, x.shape[0], tables.dtype
     nl, nt, nf = tables.shape
@@ -651,11 +662,12 @@ def scatter_pallas(
     cot, dtype = _check_cotangents(cotangents, x.shape[0], config)
     if interpret:
         block_size = 1
-    return _scatter_pallas(x.astype(dtype), cot, config, dtype, block_size, interpret, num_warps)
+    return _scatter_pallas(x.astype(dtype), cot, config, block_size, interpret, num_warps)
 
 
-def _scatter_pallas(x, cotangents, config, dtype, block_size, interpret, num_warps):
-    dim, n = config.dim, x.shape[0]
+@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5))
+def _scatter_pallas(x, cotangents, config, block_size, interpret, num_warps):
+    dim, n, dtype = config.dim, x.shape[0], x.dtype
     nl, nt, nf = config.num_levels, config.table_size, config.features_per_level
     width = _width(dim)
     xs, padded = _pad_points(x, block_size)
