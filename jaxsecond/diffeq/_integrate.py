@@ -145,6 +145,7 @@ def integrate_adaptive(solver, term, y0, args, ts, dt0, rtol, atol, max_steps: i
     import equinox as eqx
 
     from jaxsecond.diffeq._solvers import Reversible
+    from jaxsecond.diffeq._terms import negate
 
     reversible = isinstance(solver, Reversible)
     method = solver.base_solver if reversible else solver
@@ -160,13 +161,14 @@ def integrate_adaptive(solver, term, y0, args, ts, dt0, rtol, atol, max_steps: i
 
     def propose(t0, t1, y, state):
         """``(y1, state1, error estimate)`` of one step."""
+        control = term.control(t0, t1, 0)  # adaptive SDEs carry a Brownian path object
         if not reversible:
-            inc, err = method.increment_and_error(term, t0, t1, y, args, t1 - t0)
+            inc, err = method.increment_and_error(term, t0, t1, y, args, control)
             return jax.tree.map(jnp.add, y, inc), state, err
         lam = solver.coupling
-        inc, err = method.increment_and_error(term, t0, t1, state, args, t1 - t0)
+        inc, err = method.increment_and_error(term, t0, t1, state, args, control)
         y1 = jax.tree.map(lambda a, z, d: lam * a + (1 - lam) * z + d, y, state, inc)
-        back = method.increment(term, t1, t0, y1, args, t0 - t1)
+        back = method.increment(term, t1, t0, y1, args, negate(control))
         return y1, jax.tree.map(jnp.subtract, state, back), err
 
     def run_interval(carry, i):

@@ -72,12 +72,12 @@ def prepare(solver, adjoint, y0, ts, dt0, steps_per_interval, *, default_solver)
         raise TypeError(f"solver must be a jaxsecond solver (e.g. RK4()), got {solver!r}")
     if not isinstance(adjoint, AbstractAdjoint):
         raise TypeError(f"adjoint must be a jaxsecond adjoint (e.g. StoreAll()), got {adjoint!r}")
-    y0, ts, concrete = _state_and_times(y0, ts)
+    y0, ts, concrete = state_and_times(y0, ts)
     steps = _steps_per_interval(concrete, dt0, steps_per_interval)
     return solver, adjoint, y0, ts, steps
 
 
-def _state_and_times(y0, ts):
+def state_and_times(y0, ts):
     """``y0`` as floating-point arrays and checked ``ts`` in their precision, plus ``ts``
     as NumPy when concrete (else None)."""
     ts, concrete = _check_ts(ts)
@@ -210,12 +210,28 @@ def _odeint_adaptive(
     max_steps,
     return_stats,
 ):
-    solver = Dopri5() if solver is None else solver
+    solver, adjoint, rtol, atol = check_adaptive(
+        solver, adjoint, steps_per_interval, rtol, atol, max_steps, dt0, default_solver=Dopri5()
+    )
+    y0, ts, _ = state_and_times(y0, ts)
+    args = as_array_leaves(args)
+    check_output(vector_field, "vector_field", y0, ts, args)
+    term = ODETerm(eqx.filter_closure_convert(vector_field, ts[0], y0, args))
+    return solve_adaptive(
+        solver, adjoint, term, y0, args, ts, dt0, rtol, atol, max_steps, return_stats
+    )
+
+
+def check_adaptive(
+    solver, adjoint, steps_per_interval, rtol, atol, max_steps, dt0, *, default_solver
+):
+    """Validate the options of an adaptive solve; returns ``(solver, adjoint, rtol, atol)``."""
+    solver = default_solver if solver is None else solver
     method = solver.base_solver if isinstance(solver, Reversible) else solver
-    if not hasattr(method, "increment_and_error"):
+    if getattr(method, "b_low", None) is None:
         raise ValueError(
-            "rtol/atol need a solver with an error estimate (Dopri5() or "
-            f"Reversible(Dopri5())), got {solver!r}; for fixed steps drop rtol/atol and "
+            "rtol/atol need a solver with an error estimate (Dopri5(), Heun(), or "
+            f"Reversible() around one), got {solver!r}; for fixed steps drop rtol/atol and "
             "give dt0"
         )
     adjoint = StoreAll() if adjoint is None else adjoint
@@ -237,12 +253,13 @@ def _odeint_adaptive(
         raise ValueError("rtol and atol cannot both be zero")
     if dt0 is not None and not dt0 > 0:
         raise ValueError(f"dt0 must be positive, got {dt0!r}")
-    y0, ts, _ = _state_and_times(y0, ts)
+    return solver, adjoint, rtol, atol
+
+
+def solve_adaptive(solver, adjoint, term, y0, args, ts, dt0, rtol, atol, max_steps, return_stats):
+    """The adaptive solve behind ``odeint`` and ``sdeint`` (options already checked)."""
     if dt0 is None:
         dt0 = 0.01 * (ts[1] - ts[0])
-    args = as_array_leaves(args)
-    check_output(vector_field, "vector_field", y0, ts, args)
-    term = ODETerm(eqx.filter_closure_convert(vector_field, ts[0], y0, args))
     if isinstance(adjoint, StoreAll):
         ys, stats, _ = integrate_adaptive(solver, term, y0, args, ts, dt0, rtol, atol, max_steps)
         return (ys, stats) if return_stats else ys

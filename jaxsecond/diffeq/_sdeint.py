@@ -1,9 +1,10 @@
-"""``sdeint``: solve a stochastic differential equation on fixed steps."""
+"""``sdeint``: solve a stochastic differential equation on fixed or adaptive steps."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -12,8 +13,14 @@ from jaxsecond._tree import as_array_leaves, callable_name
 from jaxsecond.curvature._hutchinson import check_key
 from jaxsecond.diffeq._adjoint import AbstractAdjoint
 from jaxsecond.diffeq._integrate import statistics
-from jaxsecond.diffeq._odeint import check_output, prepare
-from jaxsecond.diffeq._solvers import AbstractSolver, EulerMaruyama
+from jaxsecond.diffeq._odeint import (
+    check_adaptive,
+    check_output,
+    prepare,
+    solve_adaptive,
+    state_and_times,
+)
+from jaxsecond.diffeq._solvers import AbstractSolver, EulerMaruyama, Heun
 from jaxsecond.diffeq._terms import SDETerm
 
 
@@ -30,6 +37,9 @@ def sdeint(
     dt0: float | None = None,
     steps_per_interval: int | None = None,
     brownian=None,
+    rtol: float | None = None,
+    atol: float | None = None,
+    max_steps: int = 4096,
     return_stats: bool = False,
 ):
     """Solve ``dy = drift(t, y, args) dt + diffusion(t, y, args) dW`` from ``y0``.
@@ -51,6 +61,14 @@ def sdeint(
     ``evaluate(t0, t1) -> dW`` (e.g. ``diffrax.VirtualBrownianTree``) to sample one
     path consistently across step sizes.
 
+    Adaptive steps: with ``rtol``/``atol`` and a solver with an error estimate
+    (:class:`Heun`, or ``Reversible(Heun())`` for :class:`ReversibleAdjoint`), the
+    steps follow the difference between Heun's and Euler's increments over the same
+    Brownian increment. Rejected steps are retried on the same path, so the increments
+    come from a Brownian path object: ``brownian`` if given, else a
+    ``diffrax.VirtualBrownianTree`` seeded by ``key`` that resolves the path down to
+    ``dt0 / 1000`` (``dt0`` defaults to 1% of the first output interval).
+
     Args:
         drift, diffusion: ``(t, y, args) -> array``.
         y0: initial state, a floating-point array.
@@ -59,6 +77,7 @@ def sdeint(
         key: a ``jax.random`` key for the Brownian motion.
         solver, adjoint, dt0, steps_per_interval: as in :func:`odeint`.
         brownian: optional Brownian path (see above).
+        rtol, atol, max_steps: adaptive steps (see above and :func:`odeint`).
         return_stats: as in :func:`odeint`.
 
     Returns:
@@ -76,9 +95,24 @@ def sdeint(
         if not callable(fn):
             raise TypeError(f"{name} must be callable, got {fn!r}")
     check_key(key)
-    solver, adjoint, y0, ts, steps = prepare(
-        solver, adjoint, y0, ts, dt0, steps_per_interval, default_solver=EulerMaruyama()
-    )
+    adaptive = rtol is not None or atol is not None
+    if adaptive:
+        solver, adjoint, rtol, atol = check_adaptive(
+            solver,
+            adjoint,
+            steps_per_interval,
+            rtol,
+            atol,
+            max_steps,
+            dt0,
+            default_solver=Heun(),
+        )
+        y0, ts, _ = state_and_times(y0, ts)
+        steps = max_steps
+    else:
+        solver, adjoint, y0, ts, steps = prepare(
+            solver, adjoint, y0, ts, dt0, steps_per_interval, default_solver=EulerMaruyama()
+        )
     if not eqx.is_array(y0):
         raise TypeError(f"y0 of an SDE must be a single floating-point array, got {y0!r}")
     args = as_array_leaves(args)
@@ -94,6 +128,16 @@ def sdeint(
             f"diffusion ({callable_name(diffusion)}) must return y0's shape {y0.shape} "
             f"(diagonal noise) or {(*y0.shape, 'm')} (m Brownian motions), got {shape}"
         )
+    if adaptive:
+        dt0 = 0.01 * (ts[1] - ts[0]) if dt0 is None else dt0
+        if brownian is None:
+            brownian = diffrax.VirtualBrownianTree(
+                ts[0],
+                ts[-1],
+                tol=dt0 / 1000,
+                shape=jax.ShapeDtypeStruct(noise_shape, y0.dtype),
+                key=key,
+            )
     typed = jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
     key_data = jax.random.key_data(key) if typed else key
     term = SDETerm(
@@ -104,6 +148,10 @@ def sdeint(
         noise_shape=tuple(noise_shape),
         brownian=brownian,
     )
+    if adaptive:
+        return solve_adaptive(
+            solver, adjoint, term, y0, args, ts, dt0, rtol, atol, max_steps, return_stats
+        )
     ys = adjoint.solve(solver, term, y0, args, ts, steps)
     if return_stats:
         return ys, statistics(solver, term, y0, args, ts, steps)

@@ -82,6 +82,17 @@ class ExplicitRungeKutta(AbstractSolver):
     a: ClassVar[tuple[tuple[float, ...], ...]]
     b: ClassVar[tuple[float, ...]]
     c: ClassVar[tuple[float, ...]]
+    # Weights of an embedded lower-order method (an error estimate), if the tableau
+    # has one; adaptive steps need it.
+    b_low: ClassVar[tuple[float, ...] | None] = None
+    # Step-size controller, used with adaptive steps (the classical I controller unless
+    # a subclass sets other gains).
+    pcoeff: ClassVar[float] = 0.0
+    icoeff: ClassVar[float] = 1.0
+    dcoeff: ClassVar[float] = 0.0
+    safety: ClassVar[float] = 0.9
+    factor_min: ClassVar[float] = 0.2
+    factor_max: ClassVar[float] = 10.0
 
     @property
     def evaluations_per_step(self) -> int:
@@ -98,6 +109,18 @@ class ExplicitRungeKutta(AbstractSolver):
             yi = _axpy(1.0, _combine(row[:i], stages), y0) if i else y0
             stages.append(term.prod(term.vf(t0 + self.c[i] * h, yi, args), control))
         return _combine(self.b, stages)
+
+    def increment_and_error(self, term, t0, t1, y0, args, control):
+        """``(y1 - y0, local error estimate)`` from the embedded pair (``b_low``)."""
+        if self.b_low is None:
+            raise ValueError(f"{type(self).__name__} has no embedded error estimate")
+        h = t1 - t0
+        stages = []
+        for i, row in enumerate(self.a):
+            yi = _axpy(1.0, _combine(row[:i], stages), y0) if i else y0
+            stages.append(term.prod(term.vf(t0 + self.c[i] * h, yi, args), control))
+        weights = tuple(hi - lo for hi, lo in zip(self.b, self.b_low, strict=True))
+        return _combine(self.b, stages), _combine(weights, stages)
 
     def step(self, term, t0, t1, y0, state, args, control):
         inc = self.increment(term, t0, t1, y0, args, control)
@@ -126,11 +149,13 @@ class Midpoint(ExplicitRungeKutta):
 class Heun(ExplicitRungeKutta):
     """Heun's method (explicit trapezoidal rule), order 2, two evaluations per step. On
     an SDE it converges to the Stratonovich solution (strong order 0.5; 1 for additive
-    noise)."""
+    noise). Its difference from Euler's step is the error estimate of adaptive steps
+    (``rtol``/``atol``), for ODEs and SDEs."""
 
     order: ClassVar[int] = 2
     a: ClassVar = ((), (1.0,))
     b: ClassVar = (0.5, 0.5)
+    b_low: ClassVar = (1.0, 0.0)  # Euler: the error estimate of adaptive steps
     c: ClassVar = (0.0, 1.0)
 
 
@@ -291,13 +316,3 @@ class Dopri5(ExplicitRungeKutta):
     safety: float = 0.9
     factor_min: float = 0.2
     factor_max: float = 10.0
-
-    def increment_and_error(self, term, t0, t1, y0, args, control):
-        """``(y1 - y0, local error estimate)`` from the embedded pair."""
-        h = t1 - t0
-        stages = []
-        for i, row in enumerate(self.a):
-            yi = _axpy(1.0, _combine(row[:i], stages), y0) if i else y0
-            stages.append(term.prod(term.vf(t0 + self.c[i] * h, yi, args), control))
-        weights = tuple(hi - lo for hi, lo in zip(self.b, self.b_low, strict=True))
-        return _combine(self.b, stages), _combine(weights, stages)
