@@ -75,6 +75,12 @@ from jaxsecond.diffeq import (
 from jaxsecond.diffeq import (
     sdeint as sdeint,
 )
+from jaxsecond.encoding import (
+    HashGridEncoding as HashGridEncoding,
+)
+from jaxsecond.encoding import (
+    coarse_to_fine_levels as coarse_to_fine_levels,
+)
 from jaxsecond.implicit import (
     custom_fixed_point as custom_fixed_point,
 )
