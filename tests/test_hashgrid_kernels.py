@@ -218,12 +218,16 @@ def test_scatter_pallas_matches_reference(dim, nf, order, dtype, getkey):
 
 
 def test_scatter_pallas_skips_none_cotangents(getkey):
-    cfg = hg.make_grid_config(3, 2, 2, 5, 2, 2.0)
-    x = jax.random.uniform(getkey(), (13, 3))
+    cfg = hg.make_grid_config(2, 2, 2, 5, 2, 2.0)
+    x = jax.random.uniform(getkey(), (13, 2))
     cot = _cotangents(getkey(), 13, cfg, 2)
     partial = (None, cot[1], None)
     got = hg.scatter_pallas(x, partial, cfg, interpret=True)
     assert_tree_allclose(got, hg.scatter_reference(x, partial, cfg), rtol=1e-12, atol=1e-12)
+    # Orders above d have zero weight: nothing is scattered.
+    above = (None, None, None, jnp.ones((13, 2, 2, 2, 2, 2)))
+    assert float(jnp.abs(hg.scatter_pallas(x, above, cfg, interpret=True)).max()) == 0.0
+    assert float(jnp.abs(hg.scatter_reference(x, above, cfg)).max()) == 0.0
 
 
 # ---------------------------------------------------------------------------------------
