@@ -495,3 +495,220 @@ def test_bad_losses_and_inputs(getkey):
         search.step(search.init(params, arch), train, val)
     with pytest.raises(TypeError, match="arch"):
         search.init(params, {"not_float": jnp.arange(3)})
+
+
+# ------------------------------------------------------------------------- search space
+
+
+def test_mixed_op_is_softmax_weighted_sum(getkey):
+    ops = nas.IMAGE_OPS.select(["none", "skip_connect", "sep_conv_3x3", "avg_pool_3x3"])
+    mixed = nas.MixedOp(ops, 3, key=getkey())
+    x = jax.random.normal(getkey(), (3, 8, 8))
+    alpha = jnp.array([0.3, -1.0, 2.0, 0.5])
+    p = np.exp(np.asarray(alpha)) / np.exp(np.asarray(alpha)).sum()
+    # avg pool excluding the padding: a corner averages its 2x2 neighbourhood, the
+    # interior its 3x3 one.
+    xn = np.asarray(x)
+    pool = np.zeros_like(xn)
+    for i in range(8):
+        for j in range(8):
+            pool[:, i, j] = xn[:, max(i - 1, 0) : i + 2, max(j - 1, 0) : j + 2].mean(axis=(1, 2))
+    conv = np.asarray(mixed.ops[2](x))
+    expected = p[1] * xn + p[2] * conv + p[3] * pool
+    np.testing.assert_allclose(mixed(x, alpha), expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(mixed.ops[3](x), pool, rtol=1e-12)
+
+
+def test_sep_conv_is_depthwise_then_pointwise(getkey):
+    op = nas.IMAGE_OPS.select(["dil_conv_3x3"])
+    sep = nas.MixedOp(op, 2, key=getkey()).ops[0]
+    x = jax.random.normal(getkey(), (2, 6, 6))
+    xr = np.maximum(np.asarray(x), 0)
+    pad = np.pad(xr, ((0, 0), (2, 2), (2, 2)))
+    dw = np.asarray(sep.depthwise)
+    depth = np.zeros_like(xr)
+    for c in range(2):
+        for i in range(6):
+            for j in range(6):
+                depth[c, i, j] = np.sum(dw[c] * pad[c, i : i + 5 : 2, j : j + 5 : 2])
+    out = np.einsum("oc,chw->ohw", np.asarray(sep.pointwise), depth)
+    out = (out - out.mean(axis=(1, 2), keepdims=True)) / np.sqrt(
+        out.var(axis=(1, 2), keepdims=True) + 1e-5
+    )
+    np.testing.assert_allclose(sep(x), out, rtol=1e-10, atol=1e-10)
+
+
+def test_cell_connects_every_node_to_all_predecessors(getkey):
+    # With ops {none, skip} and alpha = 0 every edge is x / 2: node i is half the sum of
+    # its predecessors, so node0 = (a + b)/2, node1 = (a + b + node0)/2, ...
+    ops = nas.VECTOR_OPS.select(["none", "skip_connect"])
+    cell = nas.Cell(ops, 3, 4, 5, num_nodes=3, key=getkey())
+    assert len(cell.edges) == nas.num_edges(3) == 9
+    s0, s1 = jax.random.normal(getkey(), (3,)), jax.random.normal(getkey(), (4,))
+    a, b = cell.preprocess0(s0), cell.preprocess1(s1)
+    n0 = (a + b) / 2
+    n1 = (a + b + n0) / 2
+    n2 = (a + b + n0 + n1) / 2
+    out = cell(s0, s1, jnp.zeros((9, 2)))
+    np.testing.assert_allclose(out, jnp.concatenate([n0, n1, n2]), rtol=1e-12)
+    # Only the edge (node 2 <- s1) open: node 2 = s1 preprocessed, node 0, 1 = 0.
+    alpha = jnp.zeros((9, 2)).at[:, 0].set(50.0).at[6, :].set(jnp.array([-50.0, 50.0]))
+    np.testing.assert_allclose(cell(s0, s1, alpha), jnp.concatenate([0 * a, 0 * a, b]), atol=1e-12)
+
+
+def test_network_shapes_and_parameter_counts(getkey):
+    C, nodes, cells = 4, 2, 2
+    net = nas.Network(
+        nas.IMAGE_OPS,
+        in_channels=1,
+        channels=C,
+        num_classes=10,
+        num_cells=cells,
+        num_nodes=nodes,
+        key=getkey(),
+    )
+    alpha = net.init_arch(getkey())
+    assert alpha.shape == (5, 8) and float(jnp.abs(alpha).max()) < 1e-2
+    assert net(jnp.zeros((1, 8, 8)), alpha).shape == (10,)
+    # sep/dil convs: k*k*C + C*C each (no bias); pools, skip, none: 0.
+    edge = (9 + 25 + 9 + 25) * C + 4 * C * C
+    stem = 9 * C + C
+    pre = C * C + C * C  # both cell-0 inputs are the stem (C channels), 1x1, no bias
+    pre += C * C + nodes * C * C  # cell 1: stem and cell 0 (nodes * C channels)
+    head = nodes * C * 10 + 10
+    expected = stem + pre + cells * nas.num_edges(nodes) * edge + head
+    count = sum(x.size for x in jax.tree.leaves(eqx.filter(net, eqx.is_inexact_array)))
+    assert count == expected
+
+
+def test_genotype_from_hand_set_alpha():
+    ops = nas.IMAGE_OPS.select(["none", "skip_connect", "sep_conv_3x3", "max_pool_3x3"])
+    # 3 nodes: edges 0-1 (node 0), 2-4 (node 1), 5-8 (node 2).
+    alpha = np.zeros((9, 4))
+    alpha[0] = [0, 0, 3, 0]  # node 0 <- 0: sep_conv (weight 0.87)
+    alpha[1] = [0, 1, 0, 0]  # node 0 <- 1: skip (0.48)
+    alpha[2] = [9, 0, 0, 1]  # node 1 <- 0: none dominates; best other op max_pool (3e-4)
+    alpha[3] = [0, 2, 0, 0]  # node 1 <- 1: skip (0.71)
+    alpha[4] = [0, 0, 0, 0.5]  # node 1 <- node 0: max_pool (0.35)
+    alpha[5] = [0, 0, 1, 0]  # node 2 <- 0: sep_conv (0.48)
+    alpha[6] = [5, 0, 0, 0]  # node 2 <- 1: none dominates (0.007)
+    alpha[7] = [0, 0, 0, 4]  # node 2 <- node 0: max_pool (0.95)
+    alpha[8] = [-3, 2, 2, 2]  # node 2 <- node 1: three-way tie, the first (skip) (0.33)
+    g = nas.discretise(jnp.asarray(alpha), ops)
+    assert g == nas.Genotype(
+        "image",
+        (
+            (("sep_conv_3x3", 0), ("skip_connect", 1)),
+            (("skip_connect", 1), ("max_pool_3x3", 2)),
+            (("max_pool_3x3", 2), ("sep_conv_3x3", 0)),
+        ),
+    )
+    assert g.num_nodes == 3 and g.ops().count("max_pool_3x3") == 2
+
+
+def test_genotype_json_round_trip_and_discrete_network(getkey):
+    g = nas.Genotype(
+        "image",
+        (
+            (("sep_conv_5x5", 0), ("skip_connect", 1)),
+            (("dil_conv_3x3", 2), ("avg_pool_3x3", 0)),
+            (("max_pool_3x3", 3), ("sep_conv_3x3", 2)),
+        ),
+    )
+    text = g.to_json()
+    assert nas.Genotype.from_json(text) == g
+    assert '"sep_conv_5x5"' in text
+    C = 4
+    net = nas.DiscreteNetwork(
+        nas.Genotype.from_json(text),
+        in_channels=1,
+        channels=C,
+        num_classes=10,
+        num_cells=2,
+        key=getkey(),
+    )
+    out = jax.vmap(net)(jnp.zeros((5, 1, 8, 8)))
+    assert out.shape == (5, 10)
+    # sep_conv_5x5, dil_conv_3x3, sep_conv_3x3 per cell: k*k*C + C*C each.
+    per_cell_ops = (25 + 9 + 9) * C + 3 * C * C
+    pre = (C * C + C * C) + (C * C + 3 * C * C)
+    expected = 9 * C + C + pre + 2 * per_cell_ops + 3 * C * 10 + 10
+    count = sum(x.size for x in jax.tree.leaves(eqx.filter(net, eqx.is_inexact_array)))
+    assert count == expected
+    # The vector op set builds an MLP cell network the same way.
+    gv = nas.Genotype("vector", ((("linear_relu", 0), ("linear", 1)),))
+    mlp = nas.DiscreteNetwork(gv, in_channels=6, channels=5, num_classes=3, key=getkey())
+    assert mlp(jnp.zeros(6)).shape == (3,)
+
+
+def test_search_space_bad_input(getkey):
+    with pytest.raises(ValueError, match="empty"):
+        nas.OpSet("image", ())
+    with pytest.raises(ValueError, match="empty"):
+        nas.IMAGE_OPS.select([])
+    with pytest.raises(ValueError, match="not image ops"):
+        nas.OpSet("image", ("none", "linear"))
+    with pytest.raises(ValueError, match="other than 'none'"):
+        nas.discretise(jnp.zeros((2, 1)), nas.IMAGE_OPS.select(["none"]))
+    with pytest.raises(ValueError, match="alpha must have shape"):
+        nas.discretise(jnp.zeros((5, 3)), nas.IMAGE_OPS)
+    with pytest.raises(ValueError, match="edge count"):
+        nas.discretise(jnp.zeros((4, 8)), nas.IMAGE_OPS)
+    with pytest.raises(ValueError, match="predecessor"):
+        nas.Genotype("image", ((("skip_connect", 2),),))
+    with pytest.raises(ValueError, match="none"):
+        nas.Genotype("image", ((("none", 0),),))
+    with pytest.raises(ValueError, match="keys"):
+        nas.Genotype.from_json('{"nodes": []}')
+    with pytest.raises(ValueError, match="num_nodes"):
+        nas.Network(
+            nas.IMAGE_OPS, in_channels=1, channels=4, num_classes=10, num_nodes=0, key=getkey()
+        )
+
+
+# ------------------------------------------------------------------------- width search
+
+
+def test_width_masks_and_parameter_counts(getkey):
+    np.testing.assert_allclose(
+        nas.channel_mask(jnp.log(jnp.array([0.25, 0.75])), (2, 4)), [1, 1, 0.75, 0.75]
+    )
+    net = nas.WidthSearchCNN(((2, 4), (3, 6)), in_channels=1, num_classes=10, key=getkey())
+    assert nas.count_parameters((4, 6), in_channels=1, num_classes=10) == (
+        9 * 4 + 4 + 9 * 4 * 6 + 6 + 6 * 10 + 10
+    )
+    # Expected parameters: the counts of the expected widths (one-hot: exact).
+    one_hot = (jnp.array([-50.0, 50.0]), jnp.array([50.0, -50.0]))
+    assert float(net.expected_parameters(one_hot)) == pytest.approx(
+        nas.count_parameters((4, 3), in_channels=1, num_classes=10)
+    )
+    assert nas.discretise_widths(one_hot, net.candidates) == (4, 3)
+    # One-hot alpha on widths (4, 3) = the full network with channels 3..5 of layer 2 off.
+    x = jax.random.normal(getkey(), (1, 8, 8))
+    sub_alpha = net(x, one_hot)
+    h = jax.nn.relu(net.supernet.convs[0](x))
+    h = jax.nn.relu(net.supernet.convs[1](h)).at[3:].set(0)
+    np.testing.assert_allclose(sub_alpha, net.supernet.head(h.mean(axis=(1, 2))), atol=1e-12)
+    with pytest.raises(ValueError, match="empty"):
+        nas.WidthSearchCNN(((2, 4), ()), in_channels=1, num_classes=10, key=getkey())
+
+
+def test_magnitude_prune_keeps_largest_filters(getkey):
+    model = nas.CNN((4, 6), in_channels=1, num_classes=3, key=getkey())
+    # Layer 0 filters scaled 1..4, layer 1 filters scaled 1..6: the smallest go first.
+    w0 = jnp.ones_like(model.convs[0].weight) * jnp.arange(1.0, 5.0)[:, None, None, None]
+    w1 = jnp.ones_like(model.convs[1].weight) * jnp.arange(1.0, 7.0)[:, None, None, None]
+    model = eqx.tree_at(lambda m: (m.convs[0].weight, m.convs[1].weight), model, (w0, w1))
+    target = nas.count_parameters((3, 4), in_channels=1, num_classes=3)
+    pruned = nas.magnitude_prune(model, target)
+    # Relative scores: layer 0 filters 0.4, 0.8, 1.2, 1.6; layer 1: 2/7, 4/7, ...; removal
+    # order 2/7 (l1 c0), 0.4 (l0 c0), 4/7 (l1 c1) reaches widths (3, 4) = the target.
+    assert pruned.widths == (3, 4)
+    count = sum(x.size for x in jax.tree.leaves(eqx.filter(pruned, eqx.is_inexact_array)))
+    assert count == target
+    np.testing.assert_array_equal(pruned.convs[0].weight, w0[1:])
+    np.testing.assert_array_equal(pruned.convs[1].weight, w1[2:][:, 1:])
+    np.testing.assert_array_equal(pruned.head.weight, model.head.weight[:, 2:])
+    assert pruned(jnp.zeros((1, 8, 8))).shape == (3,)
+    with pytest.raises(ValueError, match="num_parameters"):
+        nas.magnitude_prune(model, 10)
