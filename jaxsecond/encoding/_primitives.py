@@ -98,20 +98,19 @@ def _interpolate_jvp(primals, tangents, *, config, order, interpret, block_size)
 def _interpolate_transpose(cts, x, tables, *, config, order, interpret, block_size):
     if ad.is_undefined_primal(x):
         raise ValueError("the hash-grid interpolation is linear in the tables only")
-    shapes = _interpolate_abstract(
-        x, tables.aval, config=config, order=order, interpret=interpret, block_size=block_size
-    )
-    cts = [
-        jnp.zeros(s.shape, s.dtype) if type(ct) is ad.Zero else ct
-        for ct, s in zip(cts, shapes, strict=True)
-    ]
+    # Orders whose cotangent is a symbolic zero are left out: the kernel never reads them
+    # (an Eikonal loss, for one, leaves F_0 without a cotangent).
+    present = [(k, ct) for k, ct in enumerate(cts) if type(ct) is not ad.Zero]
+    if not present:
+        return None, None
     ct_tables = scatter_p.bind(
         x,
-        *cts,
+        *(ct for _, ct in present),
         config=config,
         interpret=interpret,
         block_size=block_size,
         table_shape=tables.aval.shape,
+        orders=tuple(k for k, _ in present),
     )
     return None, ct_tables
 
@@ -151,13 +150,16 @@ mlir.register_lowering(interpolate_p, mlir.lower_fun(_interpolate_impl, multiple
 scatter_p = Primitive("jaxsecond_hashgrid_scatter")
 
 
-def _scatter_impl(x, *cts, config, interpret, block_size, table_shape):
+def _scatter_impl(x, *cts, config, interpret, block_size, table_shape, orders):
+    by_order = [None] * (max(orders) + 1)
+    for k, g in zip(orders, cts, strict=True):
+        by_order[k] = g
     return kernels.scatter_pallas(
-        x, tuple(cts), config, **_kernel_options(interpret, block_size, _SCATTER_TUNING)
+        x, tuple(by_order), config, **_kernel_options(interpret, block_size, _SCATTER_TUNING)
     )
 
 
-def _scatter_abstract(x, *cts, config, interpret, block_size, table_shape):
+def _scatter_abstract(x, *cts, config, interpret, block_size, table_shape, orders):
     return jax.core.ShapedArray(table_shape, cts[0].dtype)
 
 
@@ -167,59 +169,54 @@ def _outer(g, dx):
     return g[..., None] * dx[(slice(None), *extra, slice(None))]
 
 
-def _scatter_jvp(primals, tangents, *, config, interpret, block_size, table_shape):
+def _scatter_jvp(primals, tangents, *, config, interpret, block_size, table_shape, orders):
     x, *cts = primals
     dx, *dcts = tangents
     params = dict(
         config=config, interpret=interpret, block_size=block_size, table_shape=table_shape
     )
-    out = scatter_p.bind(x, *cts, **params)
+    out = scatter_p.bind(x, *cts, orders=orders, **params)
     tangent = jnp.zeros(table_shape, out.dtype)
     if type(dx) is not ad.Zero:
         dx = dx.astype(out.dtype)
-        # Only orders up to d carry derivatives; the shifted G_d (x) dx would be order d+1.
-        shifted = [_outer(g, dx) for g in cts[: config.dim]]
-        if shifted:
-            zero = jnp.zeros_like(cts[0])
-            tangent = tangent + scatter_p.bind(x, zero, *shifted, **params)
-    if any(type(d) is not ad.Zero for d in dcts):
-        dcts = [
-            jnp.zeros_like(g) if type(d) is ad.Zero else d for g, d in zip(cts, dcts, strict=True)
+        # Only orders below d move with x; the shifted G_d (x) dx would be order d + 1.
+        shifted = [
+            (k + 1, _outer(g, dx)) for k, g in zip(orders, cts, strict=True) if k < config.dim
         ]
-        tangent = tangent + scatter_p.bind(x, *dcts, **params)
+        if shifted:
+            tangent = tangent + scatter_p.bind(
+                x, *(g for _, g in shifted), orders=tuple(k for k, _ in shifted), **params
+            )
+    moving = [(k, d) for k, d in zip(orders, dcts, strict=True) if type(d) is not ad.Zero]
+    if moving:
+        tangent = tangent + scatter_p.bind(
+            x, *(d for _, d in moving), orders=tuple(k for k, _ in moving), **params
+        )
     return out, tangent
 
 
-def _scatter_transpose(ct, x, *cts, config, interpret, block_size, table_shape):
+def _scatter_transpose(ct, x, *cts, config, interpret, block_size, table_shape, orders):
     if ad.is_undefined_primal(x):
         raise ValueError("the hash-grid scatter is linear in its cotangents only")
-    order = len(cts) - 1
     if type(ct) is ad.Zero:
         return (None, *(None for _ in cts))
     outs = interpolate_p.bind(
-        x, ct, config=config, order=order, interpret=interpret, block_size=block_size
+        x, ct, config=config, order=max(orders), interpret=interpret, block_size=block_size
     )
     return (
         None,
-        *(o if ad.is_undefined_primal(g) else None for o, g in zip(outs, cts, strict=True)),
+        *(outs[k] if ad.is_undefined_primal(g) else None for k, g in zip(orders, cts, strict=True)),
     )
 
 
-def _scatter_batch(args, dims, *, config, interpret, block_size, table_shape):
-    params = dict(
-        config=config, interpret=interpret, block_size=block_size, table_shape=table_shape
-    )
-    x, *cts = args
-    x_dim, *ct_dims = dims
+def _scatter_batch(args, dims, **params):
     size = next(a.shape[d] for a, d in zip(args, dims, strict=True) if d is not None)
     args = [
         jnp.broadcast_to(a, (size, *a.shape)) if d is None else jnp.moveaxis(a, d, 0)
         for a, d in zip(args, dims, strict=True)
     ]
     # A separate table gradient per batch member (they do not add up): one call each.
-    out = jax.lax.map(lambda a: scatter_p.bind(*a, **params), tuple(args))
-    del x, cts, x_dim, ct_dims
-    return out, 0
+    return jax.lax.map(lambda a: scatter_p.bind(*a, **params), tuple(args)), 0
 
 
 scatter_p.def_impl(_scatter_impl)
