@@ -15,7 +15,7 @@ to be trained from scratch.
 
 Inputs are single examples (``[channels, height, width]`` for the image op set,
 ``[features]`` for the vector op set); ``jax.vmap`` over a batch. Conv ops are
-ReLU - conv - normalisation, with a parameter-free per-example normalisation (instance
+ReLU - conv - normalisation, with a parameter-free per-example normalisation (layer
 norm without affine parameters) where DARTS uses batch norm, so the modules stay
 stateless.
 
@@ -65,10 +65,13 @@ _ACTIVATIONS: dict[str, Callable] = {
 
 
 def _normalise(x, eps=1e-5):
-    """Per-channel normalisation over the spatial axes of one example (no parameters)."""
-    axes = tuple(range(1, x.ndim))
-    mean = jnp.mean(x, axis=axes, keepdims=True)
-    var = jnp.var(x, axis=axes, keepdims=True)
+    """Layer normalisation of one example over all its axes, without parameters.
+
+    Not per channel (instance norm): that would zero every channel's spatial mean, which
+    is all that global average pooling passes on to the classifier.
+    """
+    mean = jnp.mean(x)
+    var = jnp.var(x)
     return (x - mean) * jax.lax.rsqrt(var + eps)
 
 
@@ -356,14 +359,30 @@ def _stem(kind, in_channels, channels, key, dtype):
     return eqx.nn.Linear(in_channels, channels, dtype=dtype, key=key)
 
 
+POOLED_SIZE = 4
+
+
 def _features(kind, x):
-    # Global average pooling for images; vectors are already features.
-    return jnp.mean(x, axis=(1, 2)) if kind == "image" else x
+    """Images: average pooling to a ``4 x 4`` grid, flattened (global average pooling
+    would discard where in a small image a feature is; DARTS has reduction cells for
+    that). Vectors are already features."""
+    if kind != "image":
+        return x
+    c, h, w = x.shape
+    if h % POOLED_SIZE or w % POOLED_SIZE:
+        raise ValueError(f"image sides must be multiples of {POOLED_SIZE}, got {h}x{w}")
+    x = x.reshape(c, POOLED_SIZE, h // POOLED_SIZE, POOLED_SIZE, w // POOLED_SIZE)
+    return jnp.mean(x, axis=(2, 4)).reshape(-1)
+
+
+def _feature_count(kind, channels):
+    return channels * POOLED_SIZE**2 if kind == "image" else channels
 
 
 class Network(eqx.Module):
     """The search network: stem, ``num_cells`` search :class:`Cell` s sharing one
-    ``alpha``, global average pooling (images) and a linear classifier.
+    ``alpha``, average pooling to a 4x4 grid (images; sides must be multiples of 4) and
+    a linear classifier.
 
     Call as ``network(x, alpha)`` on one example; ``alpha`` has shape
     :attr:`arch_shape` and may be made by :meth:`init_arch`.
@@ -413,7 +432,9 @@ class Network(eqx.Module):
             cells.append(Cell(op_set, c_prev_prev, c_prev, channels, num_nodes, key=k, dtype=dtype))
             c_prev_prev, c_prev = c_prev, num_nodes * channels
         self.cells = tuple(cells)
-        self.head = eqx.nn.Linear(c_prev, num_classes, dtype=dtype, key=kh)
+        self.head = eqx.nn.Linear(
+            _feature_count(op_set.kind, c_prev), num_classes, dtype=dtype, key=kh
+        )
         self.kind, self.ops, self.num_nodes = op_set.kind, op_set.ops, num_nodes
 
     @property
@@ -603,7 +624,9 @@ class DiscreteNetwork(eqx.Module):
             cells.append(DiscreteCell(genotype, c_prev_prev, c_prev, channels, key=k, dtype=dtype))
             c_prev_prev, c_prev = c_prev, n * channels
         self.cells = tuple(cells)
-        self.head = eqx.nn.Linear(c_prev, num_classes, dtype=dtype, key=kh)
+        self.head = eqx.nn.Linear(
+            _feature_count(genotype.kind, c_prev), num_classes, dtype=dtype, key=kh
+        )
         self.genotype = genotype
 
     def __call__(self, x):
