@@ -321,6 +321,7 @@ def _tangent_transpose(inputs, cts_out):
 
 def _backward(solver, steps, ts, f, y0, args, ct_ys):
     """Reverse pass by reconstruction: cotangents of ``(f, y0, args)``."""
+    ts = jnp.asarray(ts)  # transpose rules may receive a NumPy constant
     _, (y_end, state_end) = integrate(solver, f, y0, args, ts, steps)
     diff = lambda x: eqx.is_inexact_array(x)
     theta = (f, args)
@@ -375,6 +376,7 @@ def _backward(solver, steps, ts, f, y0, args, ct_ys):
 
 def _backsolve(solver, steps, ts, term, y0, args, ct_ys):
     """Continuous-adjoint reverse pass: cotangents of ``(term, y0, args)``."""
+    ts = jnp.asarray(ts)
     _, (y_end, _) = integrate(solver, term, y0, args, ts, steps)
     theta = (term, args)
 

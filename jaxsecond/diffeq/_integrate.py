@@ -66,6 +66,7 @@ def integrate(
     ``interval_fn(run_interval) -> run_interval`` lets an adjoint wrap the per-interval
     loop (e.g. in ``jax.checkpoint``).
     """
+    ts = jnp.asarray(ts)  # transformation rules may hand back a NumPy constant
     state0 = solver.init(term, start_time(ts), y0, args)
 
     def run_interval(carry, i):

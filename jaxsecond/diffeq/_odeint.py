@@ -23,16 +23,18 @@ from jaxsecond.diffeq._terms import ODETerm
 
 
 def _check_ts(ts):
-    ts = jnp.asarray(ts)
-    if ts.ndim != 1 or ts.shape[0] < 2:
-        raise ValueError(f"ts must be a 1-D array of at least two times, got shape {ts.shape}")
-    if not jnp.issubdtype(ts.dtype, jnp.floating):
-        ts = ts.astype(jnp.result_type(float))
+    # Read concrete values before converting: inside jit, jnp.asarray stages even a
+    # NumPy constant into the trace.
     concrete = None
     try:
         concrete = np.asarray(ts)
     except jax.errors.TracerArrayConversionError:
         pass
+    ts = jnp.asarray(ts)
+    if ts.ndim != 1 or ts.shape[0] < 2:
+        raise ValueError(f"ts must be a 1-D array of at least two times, got shape {ts.shape}")
+    if not jnp.issubdtype(ts.dtype, jnp.floating):
+        ts = ts.astype(jnp.result_type(float))
     if concrete is not None and not np.all(np.diff(concrete) > 0):
         raise ValueError(f"ts must be strictly increasing, got {concrete}")
     return ts, concrete
