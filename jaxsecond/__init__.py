@@ -1,5 +1,7 @@
 """jaxsecond: implicit, second-order and reversible differentiation for JAX."""
 
+from jaxsecond import nas as nas
+from jaxsecond import parallel as parallel
 from jaxsecond.curvature import (
     gnvp as gnvp,
 )

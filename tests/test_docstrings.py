@@ -15,6 +15,12 @@ MODULES = [
     "jaxsecond.diffeq._solvers",
     "jaxsecond.diffeq._sdeint",
     "jaxsecond.optim._adahessian",
+    "jaxsecond.encoding._hashgrid",
+    "jaxsecond.nas._rarts",
+    "jaxsecond.nas._darts",
+    "jaxsecond.nas._search_space",
+    "jaxsecond.nas._width",
+    "jaxsecond.nas._train",
 ]
 
 
