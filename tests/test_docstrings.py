@@ -48,3 +48,5 @@ def test_readme_tour_runs():
     X, y = namespace["X"], namespace["y"]
     w = namespace["ridge"](jnp.zeros(5), X, y, 1.0)
     assert float(jnp.abs(namespace["ridge_gradient"](w, X, y, 1.0)).max()) < 1e-6
+    # The tour's RARTS run reaches the limit its comment states, 2 / (2 - 1/(2 lam) - 1/beta).
+    assert abs(float(namespace["state"].arch) - 2 / (2 - 1 / 20 - 1 / 100)) < 1e-4
