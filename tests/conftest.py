@@ -7,6 +7,9 @@
 * ``@pytest.mark.slow`` tests are deselected by default (``addopts = -m 'not slow'``);
   run them with ``pytest -m slow``.
 * ``@pytest.mark.gpu`` tests are skipped unless JAX sees a GPU.
+* Compiled programs are dropped after each test module (``jax.clear_caches``): a
+  worker runs hundreds of modules, and their executables would otherwise stay alive
+  and grow each worker's memory by gigabytes over the suite.
 """
 
 import itertools
@@ -41,6 +44,12 @@ def getkey(request):
     counter = itertools.count()
     base = jax.random.key(seed)
     return lambda: jax.random.fold_in(base, next(counter))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _drop_compiled_programs():
+    yield
+    jax.clear_caches()
 
 
 @pytest.fixture
