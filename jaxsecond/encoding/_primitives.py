@@ -103,16 +103,8 @@ def _interpolate_transpose(cts, x, tables, *, config, order, interpret, block_si
     present = [(k, ct) for k, ct in enumerate(cts) if type(ct) is not ad.Zero]
     if not present:
         return None, None
-    ct_tables = scatter_p.bind(
-        x,
-        *(ct for _, ct in present),
-        config=config,
-        interpret=interpret,
-        block_size=block_size,
-        table_shape=tables.aval.shape,
-        orders=tuple(k for k, _ in present),
-    )
-    return None, ct_tables
+    params = dict(config=config, interpret=interpret, block_size=block_size)
+    return None, _scatter(x, present, table_shape=tables.aval.shape, **params)
 
 
 def _interpolate_batch(args, dims, *, config, order, interpret, block_size):
@@ -126,14 +118,12 @@ def _interpolate_batch(args, dims, *, config, order, interpret, block_size):
         outs = interpolate_p.bind(x.reshape(b * n, x.shape[-1]), tables, **params)
         return [f.reshape(b, n, *f.shape[1:]) for f in outs], [0] * len(outs)
     # Batched tables (an ensemble of grids): one kernel call per member.
-    size = tables.shape[t_dim]
     tables = jnp.moveaxis(tables, t_dim, 0)
     if x_dim is None:
         outs = jax.lax.map(lambda t: tuple(interpolate_p.bind(x, t, **params)), tables)
     else:
         x = jnp.moveaxis(x, x_dim, 0)
         outs = jax.lax.map(lambda a: tuple(interpolate_p.bind(*a, **params)), (x, tables))
-    del size
     return list(outs), [0] * len(outs)
 
 
@@ -148,6 +138,13 @@ mlir.register_lowering(interpolate_p, mlir.lower_fun(_interpolate_impl, multiple
 # -------------------------------------------------------------------------- scatter
 
 scatter_p = Primitive("jaxsecond_hashgrid_scatter")
+
+
+def _scatter(x, by_order, **params):
+    """``sum_k A_k(x)^T G_k`` for the ``(k, G_k)`` pairs given (the others are zero)."""
+    return scatter_p.bind(
+        x, *(g for _, g in by_order), orders=tuple(k for k, _ in by_order), **params
+    )
 
 
 def _scatter_impl(x, *cts, config, interpret, block_size, table_shape, orders):
@@ -184,14 +181,10 @@ def _scatter_jvp(primals, tangents, *, config, interpret, block_size, table_shap
             (k + 1, _outer(g, dx)) for k, g in zip(orders, cts, strict=True) if k < config.dim
         ]
         if shifted:
-            tangent = tangent + scatter_p.bind(
-                x, *(g for _, g in shifted), orders=tuple(k for k, _ in shifted), **params
-            )
+            tangent = tangent + _scatter(x, shifted, **params)
     moving = [(k, d) for k, d in zip(orders, dcts, strict=True) if type(d) is not ad.Zero]
     if moving:
-        tangent = tangent + scatter_p.bind(
-            x, *(d for _, d in moving), orders=tuple(k for k, _ in moving), **params
-        )
+        tangent = tangent + _scatter(x, moving, **params)
     return out, tangent
 
 
