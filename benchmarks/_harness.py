@@ -45,6 +45,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
+import numpy as np
 
 RESULTS_PATH = pathlib.Path(__file__).resolve().parent / "RESULTS.md"
 
@@ -194,6 +195,18 @@ def peak_memory_bytes(fn: Callable, *args: Any) -> int | None:
 
 
 # --------------------------------------------------------------------------- formatting
+
+
+def max_rel_error(a: Any, b: Any) -> float:
+    """``max |a - b| / max |b|`` over every leaf of two pytrees, in float64 NumPy.
+
+    Example:
+        >>> max_rel_error({"x": [1.0, 2.0]}, {"x": [1.0, 4.0]})
+        0.5
+    """
+    a = np.concatenate([np.ravel(np.asarray(x, np.float64)) for x in jax.tree.leaves(a)])
+    b = np.concatenate([np.ravel(np.asarray(x, np.float64)) for x in jax.tree.leaves(b)])
+    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), np.finfo(np.float64).tiny))
 
 
 def fmt_seconds(seconds: float | None) -> str:

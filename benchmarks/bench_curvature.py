@@ -293,14 +293,10 @@ def product_errors(problem: Problem, vector, fns: dict | None = None) -> dict[st
     g, hv, ref_hv = fns["grad"](*args), fns["hvp"](*args), fns["plain_hvp"](*args)
     value, g2, hv2 = fns["fused"](*args)
 
-    def rel(a, b):
-        fa, fb = ravel_pytree(a)[0], ravel_pytree(b)[0]
-        return float(jnp.max(jnp.abs(fa - fb)) / jnp.max(jnp.abs(fb)))
-
     return {
-        "hvp": rel(hv, ref_hv),
-        "fused_grad": rel(g2, g),
-        "fused_hvp": rel(hv2, ref_hv),
+        "hvp": _harness.max_rel_error(hv, ref_hv),
+        "fused_grad": _harness.max_rel_error(g2, g),
+        "fused_hvp": _harness.max_rel_error(hv2, ref_hv),
         "fused_value": abs(float(value) - float(problem.loss(problem.params, problem.batch))),
     }
 

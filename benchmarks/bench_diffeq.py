@@ -252,12 +252,6 @@ def rk4_reference(params, y0, ts, steps: int):
         return np.asarray(jax.jit(solve)(p, y, t))
 
 
-def _rel(a, b) -> float:
-    a = np.concatenate([np.ravel(x) for x in jax.tree.leaves(a)]).astype(np.float64)
-    b = np.concatenate([np.ravel(x) for x in jax.tree.leaves(b)]).astype(np.float64)
-    return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
-
-
 # --------------------------------------------------------------------------- timing
 
 
@@ -378,7 +372,9 @@ def gradient_errors(steps: int, seed: int = 0) -> list[list[str]]:
             ref = grad(ours_ode(solver, jaxsecond.StoreAll(), steps))
             for adj_name, adjoint in ours_adjoints:
                 try:
-                    err = f"{_rel(grad(ours_ode(solver, adjoint, steps)), ref):.1e}"
+                    err = (
+                        f"{_harness.max_rel_error(grad(ours_ode(solver, adjoint, steps)), ref):.1e}"
+                    )
                 except Exception as e:  # measured: record what fails
                     err = f"error: {type(e).__name__}"
                 rows.append([f"ours {solver_name}", adj_name, err])
@@ -388,7 +384,7 @@ def gradient_errors(steps: int, seed: int = 0) -> list[list[str]]:
                 ("RecursiveCheckpointAdjoint", diffrax.RecursiveCheckpointAdjoint()),
                 ("BacksolveAdjoint", diffrax.BacksolveAdjoint()),
             ):
-                err = _rel(grad(diffrax_ode(dsolver, adjoint, steps)), ref)
+                err = _harness.max_rel_error(grad(diffrax_ode(dsolver, adjoint, steps)), ref)
                 rows.append([f"diffrax {solver_name}", adj_name, f"{err:.1e}"])
     return rows
 
@@ -415,7 +411,7 @@ def convergence(
             errs = []
             for n in step_grid:
                 ys = jax.jit(ours_ode(solver, jaxsecond.StoreAll(), n))(params, y0, ts)
-                errs.append(_rel(ys, ref))
+                errs.append(_harness.max_rel_error(ys, ref))
             out[name] = np.array(errs)
     return out
 
@@ -455,7 +451,7 @@ def run(quick: bool) -> str:
     }
     ref = rk4_reference(params, y0, ts, 4 * steps)
     accuracy = {
-        k: f"{_rel(np.asarray(jax.jit(v)(*args)), ref):.1e}"
+        k: f"{_harness.max_rel_error(np.asarray(jax.jit(v)(*args)), ref):.1e}"
         for k, v in ode_contenders(steps).items()
     }
     ode_table, verdicts = timing_table(

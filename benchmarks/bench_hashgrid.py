@@ -101,11 +101,6 @@ def _inputs(config, n, key=0):
     return tables, x, c, w
 
 
-def _rel(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
-
-
 def check(config, interpret: bool, n: int) -> list[list]:
     """Pallas path against XLA path: one row per quantity, with the relative error."""
     pallas = functools.partial(encode_pallas, config=config, interpret=interpret)
@@ -115,12 +110,12 @@ def check(config, interpret: bool, n: int) -> list[list]:
     for name, fn in _workloads(pallas).items():
         ref = jax.jit(_workloads(xla)[name])(*args)
         ours = jax.jit(fn)(*args)
-        rows.append([name, _rel(ours, ref)])
+        rows.append([name, _harness.max_rel_error(ours, ref)])
     tables, x, _, w = args
     grad_x = lambda enc: jax.jit(
         jax.grad(lambda p: jnp.sum(enc(p, tables).reshape(len(p), -1) @ w))
     )(x)
-    rows.append(["spatial gradient", _rel(grad_x(pallas), grad_x(xla))])
+    rows.append(["spatial gradient", _harness.max_rel_error(grad_x(pallas), grad_x(xla))])
     return rows
 
 
