@@ -39,10 +39,16 @@ from jaxsecond.diffeq import (
     AbstractSolver as AbstractSolver,
 )
 from jaxsecond.diffeq import (
+    AbstractStepSizeController as AbstractStepSizeController,
+)
+from jaxsecond.diffeq import (
     BacksolveAdjoint as BacksolveAdjoint,
 )
 from jaxsecond.diffeq import (
     Checkpointed as Checkpointed,
+)
+from jaxsecond.diffeq import (
+    ConstantStepSize as ConstantStepSize,
 )
 from jaxsecond.diffeq import (
     Dopri5 as Dopri5,
@@ -58,6 +64,9 @@ from jaxsecond.diffeq import (
 )
 from jaxsecond.diffeq import (
     Midpoint as Midpoint,
+)
+from jaxsecond.diffeq import (
+    PIDController as PIDController,
 )
 from jaxsecond.diffeq import (
     Reversible as Reversible,

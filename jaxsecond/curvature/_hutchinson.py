@@ -27,24 +27,11 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
+from jaxsecond._checks import check_count as check_count
+from jaxsecond._checks import check_key as check_key
 from jaxsecond.curvature._products import scalar_function
 
 DISTRIBUTIONS = ("rademacher", "normal")
-
-
-def check_count(value, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
-def check_key(key):
-    """Accept a typed key (``jax.random.key``) or a legacy ``uint32[2]`` key."""
-    typed = isinstance(key, jax.Array) and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
-    legacy = isinstance(key, jax.Array) and key.dtype == jnp.uint32 and key.shape == (2,)
-    if not (typed and key.shape == ()) and not legacy:
-        raise TypeError(f"key must be a single jax.random key (jax.random.key(seed)), got {key!r}")
-    return key
 
 
 def _check_distribution(distribution: str) -> None:

@@ -1,28 +1,55 @@
-"""``odeint``: solve an ODE and return the solution at the requested times."""
+"""``odeint``: solve an ODE and return the solution at the requested times, and the
+validation it shares with ``sdeint``."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
+from typing import NamedTuple
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxsecond._checks import check_count
 from jaxsecond._tree import as_array_leaves, callable_name, describe_mismatch
+from jaxsecond.diffeq._adaptive import AdaptiveSteps
 from jaxsecond.diffeq._adjoint import (
     AbstractAdjoint,
-    BacksolveAdjoint,
-    ReversibleAdjoint,
     StoreAll,
+    reconstruction_error,
+    run_steps,
 )
-from jaxsecond.diffeq._integrate import integrate_adaptive, statistics
-from jaxsecond.diffeq._solvers import RK4, AbstractSolver, Dopri5, Reversible
-from jaxsecond.diffeq._terms import ODETerm
+from jaxsecond.diffeq._controllers import (
+    AbstractStepSizeController,
+    ConstantStepSize,
+    PIDController,
+)
+from jaxsecond.diffeq._solvers import RK4, AbstractReversibleSolver, AbstractSolver, Dopri5
+from jaxsecond.diffeq._terms import ODETerm, Reflected
 
 
-def _check_ts(ts):
+class Times(NamedTuple):
+    """Checked output times, as solved: increasing (``sign * ts``) in the state's real
+    precision. ``sign`` is ``1.0``, ``-1.0`` (integration backwards in time) or, for
+    traced ``ts``, a traced sign; ``concrete`` holds the NumPy times when known."""
+
+    ts: jax.Array
+    sign: object
+    concrete: np.ndarray | None
+
+    @property
+    def reflected(self) -> bool:
+        return not (isinstance(self.sign, float) and self.sign == 1.0)
+
+
+def check_times(ts, y0, *, traced_direction: bool = True) -> Times:
+    """Validate ``ts`` (1-D, at least two, strictly monotonic) and convert it to the
+    real dtype of ``y0``: the state keeps its precision whatever the dtype of ``ts``.
+    Traced ``ts`` may decrease only with ``traced_direction`` (else they must
+    increase, checked at run time)."""
     # Read concrete values before converting: inside jit, jnp.asarray stages even a
     # NumPy constant into the trace.
     concrete = None
@@ -33,79 +60,193 @@ def _check_ts(ts):
     ts = jnp.asarray(ts)
     if ts.ndim != 1 or ts.shape[0] < 2:
         raise ValueError(f"ts must be a 1-D array of at least two times, got shape {ts.shape}")
-    if not jnp.issubdtype(ts.dtype, jnp.floating):
-        ts = ts.astype(jnp.result_type(float))
-    if concrete is not None and not np.all(np.diff(concrete) > 0):
-        raise ValueError(f"ts must be strictly increasing, got {concrete}")
-    return ts, concrete
-
-
-def _steps_per_interval(concrete_ts, dt0, steps_per_interval):
-    if steps_per_interval is not None:
-        if isinstance(steps_per_interval, bool) or not (
-            isinstance(steps_per_interval, int) and steps_per_interval >= 1
-        ):
+    if not (jnp.issubdtype(ts.dtype, jnp.floating) or jnp.issubdtype(ts.dtype, jnp.integer)):
+        raise TypeError(f"ts must be real times, got dtype {ts.dtype}")
+    dtype = jnp.finfo(jnp.result_type(*jax.tree.leaves(y0))).dtype
+    ts = ts.astype(dtype)
+    if concrete is not None:
+        steps = np.diff(concrete.astype(np.float64))
+        if np.all(steps > 0):
+            sign = 1.0
+        elif np.all(steps < 0):
+            sign = -1.0
+        else:
             raise ValueError(
-                f"steps_per_interval must be an integer >= 1, got {steps_per_interval!r}"
+                f"ts must be strictly increasing or strictly decreasing, got {concrete}"
             )
+        concrete = sign * concrete.astype(np.float64)
+    elif traced_direction:
+        sign = jnp.sign(ts[1] - ts[0])
+        ts = eqx.error_if(
+            ts,
+            ~jnp.all(sign * jnp.diff(ts) > 0),
+            "ts must be strictly increasing or strictly decreasing",
+        )
+    else:
+        sign = 1.0
+        ts = eqx.error_if(ts, ~jnp.all(jnp.diff(ts) > 0), "ts must be strictly increasing")
+    solved = ts if isinstance(sign, float) and sign == 1.0 else sign * ts
+    return Times(solved, sign, concrete)
+
+
+def check_state(y0):
+    """``y0`` as arrays of a floating-point or complex dtype (float32 or wider)."""
+    y0 = jax.tree.map(jnp.asarray, y0)
+    leaves = jax.tree_util.tree_flatten_with_path(y0)[0]
+    if not leaves:
+        raise ValueError("y0 must contain at least one array")
+    for path, leaf in leaves:
+        where = jax.tree_util.keystr(path) or "y0"
+        if not jnp.issubdtype(leaf.dtype, jnp.inexact):
+            raise TypeError(
+                f"y0: leaf {where} has dtype {leaf.dtype}; the state must be floating point"
+            )
+        if jnp.finfo(leaf.dtype).bits < 32:
+            raise TypeError(
+                f"y0: leaf {where} has dtype {leaf.dtype}; half precision is not supported "
+                "(step control and reconstruction need float32 or float64): cast y0 to "
+                "float32 and back"
+            )
+    return y0
+
+
+def check_args(args):
+    """Python and NumPy numbers become arrays; weak types become strong, so the
+    closure-converted functions see the same types in every transformation."""
+    args = as_array_leaves(args)
+    return jax.tree.map(
+        lambda x: (
+            jax.lax.convert_element_type(x, x.dtype)
+            if eqx.is_array(x) and getattr(x, "weak_type", False)
+            else x
+        ),
+        args,
+    )
+
+
+def _steps_per_interval(times: Times, dt0, steps_per_interval):
+    if steps_per_interval is not None:
+        check_count(steps_per_interval, "steps_per_interval")
         if dt0 is not None:
             raise ValueError("give dt0 or steps_per_interval, not both")
         return steps_per_interval
     if dt0 is None:
         raise ValueError("fixed-step solvers need dt0 (a step size) or steps_per_interval")
+    try:
+        dt0 = float(dt0)
+    except (TypeError, jax.errors.ConcretizationTypeError) as e:
+        raise ValueError(
+            "dt0 is traced (e.g. a jit argument), so the number of fixed steps cannot be "
+            "derived from it; pass dt0 as a Python float, or steps_per_interval, or use "
+            "adaptive steps (rtol/atol), where a traced dt0 is the first step"
+        ) from e
     if not dt0 > 0:
         raise ValueError(f"dt0 must be positive, got {dt0!r}")
-    if concrete_ts is None:
+    if times.concrete is None:
         raise ValueError(
             "ts is traced (e.g. a jit argument), so the number of steps cannot be derived "
             "from dt0; pass steps_per_interval (steps between consecutive times in ts) or "
             "close over ts as a constant"
         )
     # Equal steps within each output interval, none longer than dt0.
-    return max(1, math.ceil(float(np.max(np.diff(concrete_ts))) / dt0 - 1e-9))
+    return max(1, math.ceil(float(np.max(np.diff(times.concrete))) / dt0 - 1e-9))
 
 
-def prepare(solver, adjoint, y0, ts, dt0, steps_per_interval, *, default_solver):
-    """Shared validation of ``odeint`` and ``sdeint``: returns ``(solver, adjoint, y0,
-    ts, steps_per_interval)`` with ``y0`` as arrays and ``ts`` in its precision."""
-    solver = default_solver if solver is None else solver
-    adjoint = StoreAll() if adjoint is None else adjoint
+def stepping_for(
+    solver, controller, times, dt0, steps_per_interval, rtol, atol, max_steps, *, default_solver
+):
+    """Resolve the solver and how it steps: ``(solver, stepping)`` where ``stepping`` is
+    an int (equal steps per output interval) or an :class:`AdaptiveSteps`."""
+    if rtol is not None or atol is not None:
+        if controller is not None:
+            raise ValueError("give rtol/atol or stepsize_controller, not both")
+        controller = PIDController(
+            rtol=0.0 if rtol is None else rtol, atol=0.0 if atol is None else atol
+        )
+    if controller is None:
+        controller = ConstantStepSize()
+    if not isinstance(controller, AbstractStepSizeController):
+        raise TypeError(
+            "stepsize_controller must be a jaxsecond controller (ConstantStepSize() or "
+            f"PIDController(rtol, atol)), got {controller!r}"
+        )
+    if controller.adaptive:
+        solver = Dopri5() if solver is None else solver
+    else:
+        solver = default_solver if solver is None else solver
     if not isinstance(solver, AbstractSolver):
         raise TypeError(f"solver must be a jaxsecond solver (e.g. RK4()), got {solver!r}")
-    if not isinstance(adjoint, AbstractAdjoint):
-        raise TypeError(f"adjoint must be a jaxsecond adjoint (e.g. StoreAll()), got {adjoint!r}")
-    y0, ts, concrete = state_and_times(y0, ts)
-    steps = _steps_per_interval(concrete, dt0, steps_per_interval)
-    return solver, adjoint, y0, ts, steps
-
-
-def state_and_times(y0, ts):
-    """``y0`` as floating-point arrays and checked ``ts`` in their precision, plus ``ts``
-    as NumPy when concrete (else None)."""
-    ts, concrete = _check_ts(ts)
-    y0 = jax.tree.map(jnp.asarray, y0)
-    for path, leaf in jax.tree_util.tree_flatten_with_path(y0)[0]:
-        if not jnp.issubdtype(leaf.dtype, jnp.inexact):
-            where = jax.tree_util.keystr(path) or "y0"
-            raise TypeError(
-                f"y0: leaf {where} has dtype {leaf.dtype}; the state must be floating point"
-            )
-    return y0, ts.astype(jnp.result_type(*jax.tree.leaves(y0), ts.dtype)), concrete
+    if not controller.adaptive:
+        return solver, _steps_per_interval(times, dt0, steps_per_interval)
+    if not solver.has_error_estimate:
+        raise ValueError(
+            "rtol/atol need a solver with an error estimate (Dopri5(), Heun(), or "
+            f"Reversible() around one), got {solver!r}; for fixed steps drop rtol/atol and "
+            "give dt0"
+        )
+    if steps_per_interval is not None:
+        raise ValueError("steps_per_interval is for fixed steps; with rtol/atol give dt0")
+    check_count(max_steps, "max_steps")
+    if dt0 is not None:
+        if isinstance(dt0, int | float) and not dt0 > 0:
+            raise ValueError(f"dt0 must be positive, got {dt0!r}")
+        dt0 = jnp.abs(jnp.asarray(dt0, times.ts.dtype))
+    return solver, AdaptiveSteps(controller, dt0, max_steps)
 
 
 def check_output(fn, name, y0, ts, args, expected=None):
     """Trace-time check that ``fn(t, y, args)`` returns the pytree ``expected``
-    (default: shaped like ``y0``)."""
+    (default: shaped like ``y0``); dtypes may differ within real or within complex
+    numbers (the solver casts), not from complex to real."""
     try:
         out = eqx.filter_eval_shape(fn, ts[0], y0, args)
     except TypeError as e:
         raise TypeError(f"{name} ({callable_name(fn)}) failed on y0: {e}") from e
-    problem = describe_mismatch(y0 if expected is None else expected, out)
+    expected = y0 if expected is None else expected
+    relaxed = (
+        jax.tree.map(
+            lambda o, e: (
+                jax.ShapeDtypeStruct(o.shape, e.dtype)
+                if isinstance(o, jax.ShapeDtypeStruct)
+                and eqx.is_array(e)
+                and not (jnp.iscomplexobj(o) and not jnp.iscomplexobj(e))
+                else o
+            ),
+            out,
+            expected,
+            is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct),
+        )
+        if jax.tree.structure(out) == jax.tree.structure(expected)
+        else out
+    )
+    problem = describe_mismatch(expected, relaxed)
     if problem is not None:
         raise ValueError(
             f"{name} ({callable_name(fn)}) must return a pytree shaped like y0: {problem}"
         )
     return out
+
+
+def finish(adjoint, solver, term, y0, args, times, stepping, return_stats):
+    """Run the solve through the adjoint, and add statistics if asked."""
+    adaptive = not isinstance(stepping, int)
+    adjoint.check(solver, term, adaptive)
+    if adaptive and not adjoint.interpolates_outputs:
+        stepping = dataclasses.replace(stepping, dense=False)
+    ys, (final, grid, stats) = adjoint.solve(solver, term, y0, args, times.ts, stepping)
+    if not return_stats:
+        return ys
+    stats = dict(stats)
+    if isinstance(solver, AbstractReversibleSolver):
+        if grid is None:
+            # The plain solve keeps no grid; record one (without derivatives).
+            _, final, grid, _ = run_steps(
+                stepping, solver, term, *jax.lax.stop_gradient((y0, args)), times.ts
+            )
+        stats["reconstruction_error"] = reconstruction_error(
+            solver, grid, final, term, y0, args, adjoint
+        )
+    return ys, stats
 
 
 def odeint(
@@ -120,42 +261,51 @@ def odeint(
     steps_per_interval: int | None = None,
     rtol: float | None = None,
     atol: float | None = None,
+    stepsize_controller: AbstractStepSizeController | None = None,
     max_steps: int = 4096,
     return_stats: bool = False,
 ):
     """Solve ``dy/dt = vector_field(t, y, args)`` from ``y(ts[0]) = y0``.
 
-    Every output interval ``[ts[i], ts[i + 1]]`` is cut into the same number of equal
-    steps, no longer than ``dt0`` (or exactly ``steps_per_interval`` of them).
+    Fixed steps (default): every output interval ``[ts[i], ts[i + 1]]`` is cut into the
+    same number of equal steps, no longer than ``dt0`` (or exactly
+    ``steps_per_interval`` of them). Adaptive steps (``rtol``/``atol``, or a
+    ``stepsize_controller``): a while loop whose cost follows the steps taken.
     Derivatives flow to ``y0``, ``args`` and any traced value ``vector_field`` closes
-    over (the parameters of a neural network, say), in every autodiff mode.
+    over (the parameters of a neural network, say), in every autodiff mode, through
+    every adjoint.
 
     Args:
-        vector_field: ``(t, y, args) -> dy/dt``, same pytree structure as ``y``.
-        y0: initial state, any pytree of floating-point arrays.
-        ts: strictly increasing times; the solution is returned at each.
+        vector_field: ``(t, y, args) -> dy/dt``, same pytree structure as ``y``. Its
+            output is cast to ``y``'s dtypes.
+        y0: initial state, any pytree of float32/float64 (or complex) arrays.
+        ts: strictly increasing or strictly decreasing times (decreasing: integrate
+            backwards in time); the solution is returned at each. Converted to the
+            state's real precision.
         args: passed to ``vector_field``.
-        solver: default :class:`RK4`.
-        adjoint: how reverse mode works: :class:`StoreAll` (default),
-            :class:`Checkpointed`, :class:`ReversibleAdjoint` (reversible solvers).
-        dt0: the largest step size.
+        solver: default :class:`RK4` (fixed steps) or :class:`Dopri5` (adaptive).
+        adjoint: how derivatives are computed: :class:`StoreAll` (default),
+            :class:`Checkpointed`, :class:`ReversibleAdjoint` (reversible solvers),
+            :class:`BacksolveAdjoint`. All work with fixed and adaptive steps.
+        dt0: fixed steps: the largest step (a Python number). Adaptive: the first step
+            (may be traced; default: chosen from the vector field at ``y0``).
         steps_per_interval: steps between consecutive times (instead of ``dt0``;
             required when ``ts`` is traced).
-        rtol, atol: with a solver that estimates its error (:class:`Dopri5`, or
-            ``Reversible(Dopri5())``), adapt the steps to keep the local error within
-            ``atol + rtol |y|`` (``dt0`` is then the first step). Adjoints:
-            :class:`StoreAll` differentiates the adaptive loop; :class:`ReversibleAdjoint`
-            and :class:`BacksolveAdjoint` first choose the steps (no derivatives), record
-            the accepted step times (``len(ts) - 1`` rows of ``max_steps + 1`` scalars:
-            memory linear in the number of steps, but scalars, not states) and solve
-            again on them, so the forward pass costs two solves. Gradients are those of
-            the recorded discretisation; the step-size choice is not differentiated.
-        max_steps: adaptive step attempts per output interval; running out raises at
-            run time.
-        return_stats: also return a dict: ``num_steps``, ``vector_field_evaluations``
-            and, for reversible solvers, ``reconstruction_error`` (the largest
-            distance between ``y0`` and the state rebuilt by inverting every step;
-            costs two extra solves, only when asked).
+        rtol, atol: adaptive steps keeping the local error within ``atol + rtol |y|``
+            (shorthand for ``stepsize_controller=PIDController(rtol, atol)``). Needs a
+            solver with an error estimate (:class:`Dopri5`, :class:`Heun`,
+            ``Reversible`` around one). Every output time is a step boundary. The
+            step-size choices are not differentiated: gradients are those of the
+            accepted discretisation.
+        stepsize_controller: :class:`PIDController` (with its gains) or
+            :class:`ConstantStepSize`.
+        max_steps: adaptive steps: the most steps (accepted and rejected) over the
+            whole solve; running out raises at run time. Also sizes the buffer of
+            accepted step times the adjoints walk back (one scalar per slot).
+        return_stats: also return a dict: ``num_steps``, ``vector_field_evaluations``,
+            ``rejected_steps`` (adaptive) and, for reversible solvers,
+            ``reconstruction_error`` (the relative distance between ``y0`` and the
+            state rebuilt by inverting every step; one extra backward pass).
 
     Returns:
         The solution at every time in ``ts``: ``y0``'s pytree with a leading axis of
@@ -167,118 +317,34 @@ def odeint(
         ...                       jnp.array([0.0, 1.0]), 2.0, dt0=0.01)
         >>> print(f"{float(ys[-1]):.6f} {float(jnp.exp(-2.0)):.6f}")
         0.135335 0.135335
+        >>> ys = jaxsecond.odeint(lambda t, y, k: -k * y, jnp.array(1.0),
+        ...                       jnp.array([0.0, 1.0]), 2.0, rtol=1e-8, atol=1e-8)
+        >>> print(f"{float(ys[-1]):.8f}")
+        0.13533528
     """
     if not callable(vector_field):
         raise TypeError(f"vector_field must be callable, got {vector_field!r}")
-    if rtol is not None or atol is not None:
-        return _odeint_adaptive(
-            vector_field,
-            y0,
-            ts,
-            args,
-            solver,
-            adjoint,
-            dt0,
-            steps_per_interval,
-            rtol,
-            atol,
-            max_steps,
-            return_stats,
-        )
-    solver, adjoint, y0, ts, steps = prepare(
-        solver, adjoint, y0, ts, dt0, steps_per_interval, default_solver=RK4()
-    )
-    args = as_array_leaves(args)
-    check_output(vector_field, "vector_field", y0, ts, args)
-    # Closed-over traced arrays become explicit leaves so every adjoint can reach them.
-    term = ODETerm(eqx.filter_closure_convert(vector_field, ts[0], y0, args))
-    ys = adjoint.solve(solver, term, y0, args, ts, steps)
-    if return_stats:
-        return ys, statistics(solver, term, y0, args, ts, steps)
-    return ys
-
-
-def _odeint_adaptive(
-    vector_field,
-    y0,
-    ts,
-    args,
-    solver,
-    adjoint,
-    dt0,
-    steps_per_interval,
-    rtol,
-    atol,
-    max_steps,
-    return_stats,
-):
-    solver, adjoint, rtol, atol = check_adaptive(
-        solver, adjoint, steps_per_interval, rtol, atol, max_steps, dt0, default_solver=Dopri5()
-    )
-    y0, ts, _ = state_and_times(y0, ts)
-    args = as_array_leaves(args)
-    check_output(vector_field, "vector_field", y0, ts, args)
-    term = ODETerm(eqx.filter_closure_convert(vector_field, ts[0], y0, args))
-    return solve_adaptive(
-        solver, adjoint, term, y0, args, ts, dt0, rtol, atol, max_steps, return_stats
-    )
-
-
-def check_adaptive(
-    solver, adjoint, steps_per_interval, rtol, atol, max_steps, dt0, *, default_solver
-):
-    """Validate the options of an adaptive solve; returns ``(solver, adjoint, rtol, atol)``."""
-    solver = default_solver if solver is None else solver
-    method = solver.base_solver if isinstance(solver, Reversible) else solver
-    if getattr(method, "b_low", None) is None:
-        raise ValueError(
-            "rtol/atol need a solver with an error estimate (Dopri5(), Heun(), or "
-            f"Reversible() around one), got {solver!r}; for fixed steps drop rtol/atol and "
-            "give dt0"
-        )
     adjoint = StoreAll() if adjoint is None else adjoint
-    if not isinstance(adjoint, StoreAll | ReversibleAdjoint | BacksolveAdjoint):
-        raise ValueError(
-            "adaptive steps (rtol/atol) support StoreAll(), ReversibleAdjoint() and "
-            f"BacksolveAdjoint(), got {adjoint!r}; Checkpointed needs fixed steps"
-        )
-    if steps_per_interval is not None:
-        raise ValueError("steps_per_interval is for fixed steps; with rtol/atol give dt0")
-    for name, tol in (("rtol", rtol), ("atol", atol)):
-        if tol is not None and not tol >= 0:
-            raise ValueError(f"{name} must be non-negative, got {tol!r}")
-    if isinstance(max_steps, bool) or not (isinstance(max_steps, int) and max_steps >= 1):
-        raise ValueError(f"max_steps must be an integer >= 1, got {max_steps!r}")
-    rtol = 0.0 if rtol is None else rtol
-    atol = 0.0 if atol is None else atol
-    if rtol == 0 and atol == 0:
-        raise ValueError("rtol and atol cannot both be zero")
-    if dt0 is not None and not dt0 > 0:
-        raise ValueError(f"dt0 must be positive, got {dt0!r}")
-    return solver, adjoint, rtol, atol
-
-
-def solve_adaptive(solver, adjoint, term, y0, args, ts, dt0, rtol, atol, max_steps, return_stats):
-    """The adaptive solve behind ``odeint`` and ``sdeint`` (options already checked)."""
-    if dt0 is None:
-        dt0 = 0.01 * (ts[1] - ts[0])
-    if isinstance(adjoint, StoreAll):
-        ys, stats, _ = integrate_adaptive(solver, term, y0, args, ts, dt0, rtol, atol, max_steps)
-        return (ys, stats) if return_stats else ys
-    # Choose the steps first, without derivatives, then solve again on the recorded
-    # grid with the memory-flat adjoint: its reverse pass walks the same steps back.
-    dynamic, static = eqx.partition((term, y0, args), eqx.is_array)
-    term_, y0_, args_ = eqx.combine(jax.lax.stop_gradient(dynamic), static)
-    _, stats, grid = integrate_adaptive(solver, term_, y0_, args_, ts, dt0, rtol, atol, max_steps)
-    ys = adjoint.solve(solver, term, y0, args, grid, max_steps)
-    if not return_stats:
-        return ys
-    stats["vector_field_evaluations"] = (
-        stats["vector_field_evaluations"]
-        + solver.init_evaluations
-        + jnp.sum(stats["num_steps"]) * solver.evaluations_per_step
+    if not isinstance(adjoint, AbstractAdjoint):
+        raise TypeError(f"adjoint must be a jaxsecond adjoint (e.g. StoreAll()), got {adjoint!r}")
+    y0 = check_state(y0)
+    times = check_times(ts, y0)
+    solver, stepping = stepping_for(
+        solver,
+        stepsize_controller,
+        times,
+        dt0,
+        steps_per_interval,
+        rtol,
+        atol,
+        max_steps,
+        default_solver=RK4(),
     )
-    recorded = statistics(solver, term_, y0_, args_, grid, max_steps)
-    if "reconstruction_error" in recorded:
-        stats["reconstruction_error"] = recorded["reconstruction_error"]
-    return ys, stats
+    args = check_args(args)
+    check_output(vector_field, "vector_field", y0, times.ts, args)
+    # Closed-over traced arrays become explicit leaves so every adjoint can reach them.
+    converted = eqx.filter_closure_convert(vector_field, times.ts[0], y0, args)
+    if times.reflected:
+        converted = Reflected(converted, times.sign)
+    term = ODETerm(converted)
+    return finish(adjoint, solver, term, y0, args, times, stepping, return_stats)

@@ -9,19 +9,20 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from jaxsecond._tree import as_array_leaves, callable_name
-from jaxsecond.curvature._hutchinson import check_key
-from jaxsecond.diffeq._adjoint import AbstractAdjoint
-from jaxsecond.diffeq._integrate import statistics
+from jaxsecond._checks import check_key
+from jaxsecond._tree import callable_name
+from jaxsecond.diffeq._adjoint import AbstractAdjoint, StoreAll
+from jaxsecond.diffeq._controllers import AbstractStepSizeController
 from jaxsecond.diffeq._odeint import (
-    check_adaptive,
+    check_args,
     check_output,
-    prepare,
-    solve_adaptive,
-    state_and_times,
+    check_state,
+    check_times,
+    finish,
+    stepping_for,
 )
 from jaxsecond.diffeq._solvers import AbstractSolver, EulerMaruyama, Heun
-from jaxsecond.diffeq._terms import SDETerm
+from jaxsecond.diffeq._terms import Reflected, SDETerm
 
 
 def sdeint(
@@ -39,6 +40,7 @@ def sdeint(
     brownian=None,
     rtol: float | None = None,
     atol: float | None = None,
+    stepsize_controller: AbstractStepSizeController | None = None,
     max_steps: int = 4096,
     return_stats: bool = False,
 ):
@@ -72,12 +74,13 @@ def sdeint(
     Args:
         drift, diffusion: ``(t, y, args) -> array``.
         y0: initial state, a floating-point array.
-        ts: strictly increasing output times.
+        ts: strictly increasing (or decreasing: backwards in time) output times.
         args: passed to ``drift`` and ``diffusion``.
         key: a ``jax.random`` key for the Brownian motion.
         solver, adjoint, dt0, steps_per_interval: as in :func:`odeint`.
         brownian: optional Brownian path (see above).
-        rtol, atol, max_steps: adaptive steps (see above and :func:`odeint`).
+        rtol, atol, stepsize_controller, max_steps: adaptive steps (see above and
+            :func:`odeint`).
         return_stats: as in :func:`odeint`.
 
     Returns:
@@ -95,27 +98,31 @@ def sdeint(
         if not callable(fn):
             raise TypeError(f"{name} must be callable, got {fn!r}")
     check_key(key)
-    adaptive = rtol is not None or atol is not None
-    if adaptive:
-        solver, adjoint, rtol, atol = check_adaptive(
-            solver,
-            adjoint,
-            steps_per_interval,
-            rtol,
-            atol,
-            max_steps,
-            dt0,
-            default_solver=Heun(),
-        )
-        y0, ts, _ = state_and_times(y0, ts)
-        steps = max_steps
-    else:
-        solver, adjoint, y0, ts, steps = prepare(
-            solver, adjoint, y0, ts, dt0, steps_per_interval, default_solver=EulerMaruyama()
-        )
+    adjoint = StoreAll() if adjoint is None else adjoint
+    if not isinstance(adjoint, AbstractAdjoint):
+        raise TypeError(f"adjoint must be a jaxsecond adjoint (e.g. StoreAll()), got {adjoint!r}")
+    y0 = check_state(y0)
     if not eqx.is_array(y0):
         raise TypeError(f"y0 of an SDE must be a single floating-point array, got {y0!r}")
-    args = as_array_leaves(args)
+    # Traced ts must increase (a traced time direction would have to flip the Brownian
+    # path object); concrete decreasing ts integrate backwards.
+    times = check_times(ts, y0, traced_direction=False)
+    if solver is None and (rtol, atol, stepsize_controller) != (None, None, None):
+        solver = Heun()  # adaptive steps need an error estimate
+    solver, stepping = stepping_for(
+        solver,
+        stepsize_controller,
+        times,
+        dt0,
+        steps_per_interval,
+        rtol,
+        atol,
+        max_steps,
+        default_solver=EulerMaruyama(),
+    )
+    adaptive = not isinstance(stepping, int)
+    ts = times.ts
+    args = check_args(args)
     check_output(drift, "drift", y0, ts, args)
     out = eqx.filter_eval_shape(diffusion, ts[0], y0, args)
     shape = getattr(out, "shape", None)
@@ -129,7 +136,8 @@ def sdeint(
             f"(diagonal noise) or {(*y0.shape, 'm')} (m Brownian motions), got {shape}"
         )
     if adaptive:
-        dt0 = 0.01 * (ts[1] - ts[0]) if dt0 is None else dt0
+        dt0 = 0.01 * (ts[1] - ts[0]) if stepping.dt0 is None else stepping.dt0
+        stepping = eqx.tree_at(lambda s: s.dt0, stepping, dt0, is_leaf=lambda x: x is None)
         if brownian is None:
             brownian = diffrax.VirtualBrownianTree(
                 ts[0],
@@ -138,21 +146,26 @@ def sdeint(
                 shape=jax.ShapeDtypeStruct(noise_shape, y0.dtype),
                 key=key,
             )
+            # The tree is built in solve time already.
+            reflected_brownian = False
+        else:
+            reflected_brownian = times.reflected
+    else:
+        reflected_brownian = times.reflected and brownian is not None
     typed = jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
     key_data = jax.random.key_data(key) if typed else key
+    drift_c = eqx.filter_closure_convert(drift, ts[0], y0, args)
+    diffusion_c = eqx.filter_closure_convert(diffusion, ts[0], y0, args)
+    if times.reflected:
+        drift_c = Reflected(drift_c, times.sign)
+        diffusion_c = Reflected(diffusion_c, times.sign, scale=False)
     term = SDETerm(
-        drift=eqx.filter_closure_convert(drift, ts[0], y0, args),
-        diffusion=eqx.filter_closure_convert(diffusion, ts[0], y0, args),
+        drift=drift_c,
+        diffusion=diffusion_c,
         key_data=jnp.asarray(key_data),
         diagonal=diagonal,
         noise_shape=tuple(noise_shape),
         brownian=brownian,
+        reflected=reflected_brownian,
     )
-    if adaptive:
-        return solve_adaptive(
-            solver, adjoint, term, y0, args, ts, dt0, rtol, atol, max_steps, return_stats
-        )
-    ys = adjoint.solve(solver, term, y0, args, ts, steps)
-    if return_stats:
-        return ys, statistics(solver, term, y0, args, ts, steps)
-    return ys
+    return finish(adjoint, solver, term, y0, args, times, stepping, return_stats)

@@ -52,6 +52,10 @@ class AbstractSolver(eqx.Module):
     control) -> (y1, state1)``, where ``control`` is ``t1 - t0`` for an ODE and ``(t1 -
     t0, dW)`` for an SDE. Increments come from ``term.prod(term.vf(t, y, args),
     control)``. ``order`` is the global order of convergence for ODEs.
+
+    A solver with an error estimate also implements ``step_with_error``, returning
+    ``(y1, state1, error)`` with ``error`` shaped like ``y``; a step-size controller
+    (:class:`PIDController`) then runs it adaptively.
     """
 
     order: ClassVar[int]
@@ -65,6 +69,29 @@ class AbstractSolver(eqx.Module):
     @abc.abstractmethod
     def step(self, term, t0, t1, y0, state, args, control) -> tuple[Any, Any]:
         """One step from ``t0`` to ``t1``."""
+
+    @property
+    def has_error_estimate(self) -> bool:
+        return False
+
+    def step_with_error(self, term, t0, t1, y0, state, args, control) -> tuple[Any, Any, Any]:
+        """``(y1, state1, local error estimate)`` of one step (adaptive solves)."""
+        raise ValueError(f"{type(self).__name__} has no error estimate for adaptive steps")
+
+    @property
+    def has_dense_output(self) -> bool:
+        """Whether :meth:`dense_step` and :meth:`interpolate` exist: adaptive solves
+        then step over output times and interpolate, instead of stopping at each."""
+        return False
+
+    def dense_step(self, term, t0, t1, y0, state, args, control):
+        """``(y1, state1, error, dense)``: a step with error estimate, plus what
+        :meth:`interpolate` needs to evaluate the solution inside it."""
+        raise ValueError(f"{type(self).__name__} has no dense output")
+
+    def interpolate(self, dense, theta):
+        """The solution at ``t0 + theta (t1 - t0)``, ``0 <= theta <= 1``."""
+        raise ValueError(f"{type(self).__name__} has no dense output")
 
 
 class AbstractReversibleSolver(AbstractSolver):
@@ -85,46 +112,99 @@ class ExplicitRungeKutta(AbstractSolver):
     # Weights of an embedded lower-order method (an error estimate), if the tableau
     # has one; adaptive steps need it.
     b_low: ClassVar[tuple[float, ...] | None] = None
-    # Step-size controller, used with adaptive steps (the classical I controller unless
-    # a subclass sets other gains).
-    pcoeff: ClassVar[float] = 0.0
-    icoeff: ClassVar[float] = 1.0
-    dcoeff: ClassVar[float] = 0.0
-    safety: ClassVar[float] = 0.9
-    factor_min: ClassVar[float] = 0.2
-    factor_max: ClassVar[float] = 10.0
+
+    @property
+    def fsal(self) -> bool:
+        """First same as last: the last stage is ``f(t1, y1)``, the next step's first,
+        so it is carried in the solver state and each step costs one evaluation less."""
+        return len(self.b) > 1 and tuple(self.a[-1]) == tuple(self.b[:-1]) and self.c[-1] == 1
 
     @property
     def evaluations_per_step(self) -> int:
-        return len(self.b)
+        return len(self.b) - 1 if self.fsal else len(self.b)
+
+    @property
+    def init_evaluations(self) -> int:  # type: ignore[override]
+        return 1 if self.fsal else 0
 
     def init(self, term, t0, y0, args):
-        return None
+        return term.vf(t0, y0, args) if self.fsal else None
+
+    def _stages(self, term, t0, t1, y0, args, control, first=None):
+        """Stage increments ``prod(vf_i, control)`` and the last stage's vector field."""
+        h = t1 - t0
+        stages = []
+        value = None
+        for i, row in enumerate(self.a):
+            if i == 0 and first is not None:
+                value = first
+            else:
+                yi = _axpy(1.0, _combine(row[:i], stages), y0) if i else y0
+                value = term.vf(t0 + self.c[i] * h, yi, args)
+            stages.append(term.prod(value, control))
+        return stages, value
 
     def increment(self, term, t0, t1, y0, args, control):
         """``y1 - y0`` for one step (the map reversible wrappers build on)."""
-        h = t1 - t0
-        stages = []  # each stage is already an increment: prod(vf, control)
-        for i, row in enumerate(self.a):
-            yi = _axpy(1.0, _combine(row[:i], stages), y0) if i else y0
-            stages.append(term.prod(term.vf(t0 + self.c[i] * h, yi, args), control))
+        stages, _ = self._stages(term, t0, t1, y0, args, control)
         return _combine(self.b, stages)
 
     def increment_and_error(self, term, t0, t1, y0, args, control):
         """``(y1 - y0, local error estimate)`` from the embedded pair (``b_low``)."""
         if self.b_low is None:
             raise ValueError(f"{type(self).__name__} has no embedded error estimate")
-        h = t1 - t0
-        stages = []
-        for i, row in enumerate(self.a):
-            yi = _axpy(1.0, _combine(row[:i], stages), y0) if i else y0
-            stages.append(term.prod(term.vf(t0 + self.c[i] * h, yi, args), control))
-        weights = tuple(hi - lo for hi, lo in zip(self.b, self.b_low, strict=True))
-        return _combine(self.b, stages), _combine(weights, stages)
+        stages, _ = self._stages(term, t0, t1, y0, args, control)
+        return _combine(self.b, stages), _combine(self._error_weights, stages)
+
+    @property
+    def _error_weights(self):
+        return tuple(hi - lo for hi, lo in zip(self.b, self.b_low, strict=True))
 
     def step(self, term, t0, t1, y0, state, args, control):
-        inc = self.increment(term, t0, t1, y0, args, control)
-        return jax.tree.map(jnp.add, y0, inc), None
+        stages, last = self._stages(term, t0, t1, y0, args, control, first=state)
+        y1 = jax.tree.map(jnp.add, y0, _combine(self.b, stages))
+        return y1, (last if self.fsal else None)
+
+    @property
+    def has_error_estimate(self) -> bool:
+        return self.b_low is not None
+
+    def step_with_error(self, term, t0, t1, y0, state, args, control):
+        if self.b_low is None:
+            raise ValueError(f"{type(self).__name__} has no embedded error estimate")
+        stages, last = self._stages(term, t0, t1, y0, args, control, first=state)
+        y1 = jax.tree.map(jnp.add, y0, _combine(self.b, stages))
+        return y1, (last if self.fsal else None), _combine(self._error_weights, stages)
+
+    @property
+    def has_dense_output(self) -> bool:
+        return self.dense_weights is not None and self.b_low is not None
+
+    # Hairer's continuous extension for FSAL pairs: with increments k_i = h f_i,
+    # y(theta) = y0 + theta (r1 + (1 - theta) (r2 + theta (r3 + (1 - theta) r4))),
+    # r1 = y1 - y0, r2 = k_1 - r1, r3 = r1 - k_last - r2, r4 = sum_i d_i k_i.
+    dense_weights: ClassVar[tuple[float, ...] | None] = None
+
+    def dense_step(self, term, t0, t1, y0, state, args, control):
+        if not self.has_dense_output:
+            raise ValueError(f"{type(self).__name__} has no dense output")
+        stages, last = self._stages(term, t0, t1, y0, args, control, first=state)
+        y1 = jax.tree.map(jnp.add, y0, _combine(self.b, stages))
+        error = _combine(self._error_weights, stages)
+        r1 = jax.tree.map(jnp.subtract, y1, y0)
+        r2 = jax.tree.map(jnp.subtract, stages[0], r1)
+        r3 = jax.tree.map(lambda a, k, b: a - k - b, r1, stages[-1], r2)
+        r4 = _combine(self.dense_weights, stages)
+        return y1, (last if self.fsal else None), error, (y0, r1, r2, r3, r4)
+
+    def interpolate(self, dense, theta):
+        y0, r1, r2, r3, r4 = dense
+
+        def one(y0, r1, r2, r3, r4):
+            th = jnp.asarray(theta, jnp.real(y0).dtype)
+            return y0 + th * (r1 + (1 - th) * (r2 + th * (r3 + (1 - th) * r4)))
+
+        return jax.tree.map(one, y0, r1, r2, r3, r4)
 
 
 class Euler(ExplicitRungeKutta):
@@ -249,7 +329,7 @@ class Reversible(AbstractReversibleSolver):
 
     @property
     def evaluations_per_step(self) -> int:
-        return 2 * self.base_solver.evaluations_per_step
+        return 2 * len(self.base_solver.b)  # two increments, no stage carried over
 
     def init(self, term, t0, y0, args):
         return y0
@@ -263,6 +343,19 @@ class Reversible(AbstractReversibleSolver):
         z1 = jax.tree.map(jnp.subtract, z0, back)
         return y1, z1
 
+    @property
+    def has_error_estimate(self) -> bool:
+        return self.base_solver.has_error_estimate
+
+    def step_with_error(self, term, t0, t1, y0, state, args, control):
+        # The base method's estimate for the increment it takes from z controls the step.
+        lam = self.coupling
+        z0 = state
+        inc, err = self.base_solver.increment_and_error(term, t0, t1, z0, args, control)
+        y1 = jax.tree.map(lambda y, z, d: lam * y + (1 - lam) * z + d, y0, z0, inc)
+        back = self.base_solver.increment(term, t1, t0, y1, args, negate(control))
+        return y1, jax.tree.map(jnp.subtract, z0, back), err
+
     def backward_step(self, term, t0, t1, y1, state1, args, control):
         lam = self.coupling
         back = self.base_solver.increment(term, t1, t0, y1, args, negate(control))
@@ -274,18 +367,12 @@ class Reversible(AbstractReversibleSolver):
 
 class Dopri5(ExplicitRungeKutta):
     """Dormand-Prince 5(4): order 5 with an embedded order-4 error estimate, seven
-    evaluations per step. With ``rtol``/``atol`` given to :func:`odeint` it adapts
-    its steps with a PID controller (Soderlind's form, coefficients here); otherwise
-    it takes fixed steps like any Runge-Kutta method.
+    evaluations per step. With ``rtol``/``atol`` (or a :class:`PIDController`) given to
+    :func:`odeint` it adapts its steps; otherwise it takes fixed steps like any
+    Runge-Kutta method.
 
-    Attributes:
-        pcoeff, icoeff, dcoeff: proportional, integral and derivative gains of the
-            step-size controller (``icoeff=1``, others 0: the classical I controller).
-        safety: factor applied to every proposed step.
-        factor_min, factor_max: limits on the change of step size per step.
-
-    Reference: J. R. Dormand, P. J. Prince, 1980; G. Soderlind, "Digital filters in
-    adaptive time-stepping", 2003.
+    Reference: J. R. Dormand, P. J. Prince, "A family of embedded Runge-Kutta
+    formulae", 1980.
     """
 
     order: ClassVar[int] = 5
@@ -309,10 +396,14 @@ class Dopri5(ExplicitRungeKutta):
         1 / 40,
     )
     c: ClassVar = (0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0)
-
-    pcoeff: float = 0.3
-    icoeff: float = 0.3
-    dcoeff: float = 0.0
-    safety: float = 0.9
-    factor_min: float = 0.2
-    factor_max: float = 10.0
+    # Dense output of order 4 (Hairer, Norsett, Wanner, section II.6; the coefficients
+    # of Hairer's DOPRI5 code).
+    dense_weights: ClassVar = (
+        -12715105075 / 11282082432,
+        0.0,
+        87487479700 / 32700410799,
+        -10690763975 / 1880347072,
+        701980252875 / 199316789632,
+        -1453857185 / 822651844,
+        69997945 / 29380423,
+    )

@@ -16,6 +16,27 @@ import jax
 import jax.numpy as jnp
 
 
+def cast_like(value, y):
+    """``value`` in ``y``'s dtypes, leaf by leaf: a vector field that promotes (float64
+    parameters, float64 times under x64) does not change the state's precision."""
+    return jax.tree.map(lambda v, x: jnp.asarray(v).astype(jnp.result_type(x)), value, y)
+
+
+class Reflected(eqx.Module):
+    """``t -> sign * fn(sign * t, y, args)`` (or ``fn(sign * t, ...)`` unscaled): a solve
+    backwards in time as a solve forwards in ``-t``."""
+
+    fn: Callable
+    sign: object  # -1.0, or a traced sign when ts are traced
+    scale: bool = eqx.field(static=True, default=True)
+
+    def __call__(self, t, y, args):
+        out = self.fn(self.sign * t, y, args)
+        if not self.scale:
+            return out
+        return jax.tree.map(lambda v: self.sign * v, out)
+
+
 class ODETerm(eqx.Module):
     """``dy = f(t, y, args) dt``."""
 
@@ -25,7 +46,7 @@ class ODETerm(eqx.Module):
         return t1 - t0
 
     def vf(self, t, y, args):
-        return self.vector_field(t, y, args)
+        return cast_like(self.vector_field(t, y, args), y)
 
     def prod(self, value, control):
         return jax.tree.map(lambda v: control * v, value)
@@ -45,6 +66,7 @@ class SDETerm(eqx.Module):
     diagonal: bool = eqx.field(static=True)
     noise_shape: tuple[int, ...] = eqx.field(static=True)
     brownian: object = None  # anything with evaluate(t0, t1) -> dW, e.g. diffrax's
+    reflected: bool = eqx.field(static=True, default=False)  # solving in -t
 
     def control(self, t0, t1, step_index):
         """``(dt, dW)`` for step ``step_index``. Without a Brownian path object the
@@ -52,13 +74,15 @@ class SDETerm(eqx.Module):
         the reverse pass regenerates it exactly at O(1) cost."""
         dt = t1 - t0
         if self.brownian is not None:
+            if self.reflected:  # W~(s) = W(-s): W~(t1) - W~(t0) = -(W(-t0) - W(-t1))
+                return dt, -self.brownian.evaluate(-t1, -t0)
             return dt, self.brownian.evaluate(t0, t1)
         key = jax.random.fold_in(jax.random.wrap_key_data(self.key_data), step_index)
         dw = jnp.sqrt(jnp.abs(dt)) * jax.random.normal(key, self.noise_shape, dt.dtype)
         return dt, dw
 
     def vf(self, t, y, args):
-        return self.drift(t, y, args), self.diffusion(t, y, args)
+        return cast_like(self.drift(t, y, args), y), cast_like(self.diffusion(t, y, args), y)
 
     def prod(self, value, control):
         drift, diffusion = value

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxsecond._checks import check_positive as check_positive
 from jaxsecond._tree import describe_mismatch
 
 
@@ -38,19 +39,6 @@ def check_optimizer(opt, name: str) -> None:
             f"{name} must be an optax GradientTransformation (e.g. optax.sgd(0.1)), got "
             f"{type(opt).__name__}"
         )
-
-
-def check_positive(value, name: str) -> None:
-    """``value > 0`` for Python numbers and concrete arrays (traced values are not checked)."""
-    if isinstance(value, bool) or not isinstance(value, int | float | jax.Array):
-        raise TypeError(f"{name} must be a positive real number, got {value!r}")
-    if isinstance(value, jax.Array):
-        if value.shape != ():
-            raise ValueError(f"{name} must be a scalar, got shape {value.shape}")
-        if isinstance(value, jax.core.Tracer):
-            return
-    if not float(value) > 0:
-        raise ValueError(f"{name} must be > 0, got {float(value)!r}")
 
 
 def floating_part(tree, name: str):

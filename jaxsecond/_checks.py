@@ -1,0 +1,36 @@
+"""Trace-time checks of user arguments shared by every area: each raises a
+``ValueError``/``TypeError`` that names the argument and says what was expected."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def check_count(value, name: str, minimum: int = 1) -> int:
+    """``value`` is a Python integer ``>= minimum`` (``bool`` is refused)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def check_key(key):
+    """Accept a typed key (``jax.random.key``) or a legacy ``uint32[2]`` key."""
+    typed = isinstance(key, jax.Array) and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+    legacy = isinstance(key, jax.Array) and key.dtype == jnp.uint32 and key.shape == (2,)
+    if not (typed and key.shape == ()) and not legacy:
+        raise TypeError(f"key must be a single jax.random key (jax.random.key(seed)), got {key!r}")
+    return key
+
+
+def check_positive(value, name: str) -> None:
+    """``value > 0`` for Python numbers and concrete arrays (traced values are not checked)."""
+    if isinstance(value, bool) or not isinstance(value, int | float | jax.Array):
+        raise TypeError(f"{name} must be a positive real number, got {value!r}")
+    if isinstance(value, jax.Array):
+        if value.shape != ():
+            raise ValueError(f"{name} must be a scalar, got shape {value.shape}")
+        if isinstance(value, jax.core.Tracer):
+            return
+    if not float(value) > 0:
+        raise ValueError(f"{name} must be > 0, got {float(value)!r}")
