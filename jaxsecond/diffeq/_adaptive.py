@@ -159,7 +159,9 @@ class AdaptiveSteps(eqx.Module):
         grid = None
         if record:
             # Entries past the last accepted step repeat the end time (never walked).
-            times = jnp.where(jnp.arange(max_steps + 1) <= n, final.times[: max_steps + 1], t_end)
+            times = jnp.where(
+                jnp.arange(max_steps + 1, dtype=jnp.int32) <= n, final.times[: max_steps + 1], t_end
+            )
             grid = RecordedGrid(
                 times=times,
                 out_step=final.out_step[:n_out],

@@ -265,9 +265,11 @@ def _checkpointed_fixed(adjoint, solver, f, y0, args, ts, steps_per_interval):
                     keep = j < steps_per_interval
                     return jax.tree.map(lambda a, b: jnp.where(keep, a, b), new, carry), None
 
-                return jax.lax.scan(one_step, carry, jnp.arange(per_segment))[0], None
+                return jax.lax.scan(one_step, carry, jnp.arange(per_segment, dtype=jnp.int32))[
+                    0
+                ], None
 
-            return jax.lax.scan(segment, carry, jnp.arange(segments))[0]
+            return jax.lax.scan(segment, carry, jnp.arange(segments, dtype=jnp.int32))[0]
 
         return run_interval
 

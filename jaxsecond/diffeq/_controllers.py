@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxsecond._checks import check_positive
+from jaxsecond.diffeq._terms import scale_by
 
 
 class AbstractStepSizeController(eqx.Module):
@@ -179,7 +180,7 @@ def initial_step(term, t0, y0, args, order: int, rtol: float, atol: float, t_spa
     d0, d1 = rms(leaves_y), rms(leaves_f)
     h0 = jnp.where((d0 < 1e-5) | (d1 < 1e-5), 1e-6, 0.01 * d0 / d1).astype(t_span.dtype)
     h0 = jnp.minimum(h0, t_span)
-    y1 = jax.tree.map(lambda y, f: y + h0 * f, y0, f0)
+    y1 = jax.tree.map(lambda y, f: y + scale_by(h0, f), y0, f0)
     f1 = term.vf(t0 + h0, y1, args)
     d2 = rms([a - b for a, b in zip(jax.tree.leaves(f1), leaves_f, strict=True)]) / h0
     big = jnp.maximum(d1, d2)

@@ -129,6 +129,7 @@ def walk_forward(grid, step_fn, carry, start=0, stop=None):
     stop = grid.num_steps if stop is None else stop
 
     def body(k, c):
+        k = jnp.asarray(k, jnp.int32)
         t0, t1 = grid.step_times(k)
         return step_fn(k, t0, t1, c)
 
@@ -170,7 +171,7 @@ def walk_backward_range(grid, step_fn, carry, ct_ys, add_ct, start, stop, output
 
     def body(r, c):
         carry, o = c
-        k = stop - 1 - r
+        k = stop - 1 - jnp.asarray(r, jnp.int32)
         t0, t1 = grid.step_times(k)
         if not dense:
             hit = (k + 1) == out_step[o]
@@ -226,7 +227,12 @@ def record_checkpoints(grid, solver, term, y0, args, slots: int):
     buffer = lambda tree: jax.tree.map(
         lambda x: jnp.zeros((slots + 1, *x.shape), x.dtype).at[0].set(x), tree
     )
-    keep = jnp.concatenate([jnp.arange(0, slots, 2), jnp.full((slots - slots // 2 + 1,), slots)])
+    keep = jnp.concatenate(
+        [
+            jnp.arange(0, slots, 2, dtype=jnp.int32),
+            jnp.full((slots - slots // 2 + 1,), slots, jnp.int32),
+        ]
+    )
 
     def compact(c):
         positions, ys, states, _count, stride = c

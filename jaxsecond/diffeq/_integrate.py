@@ -19,8 +19,9 @@ def step_times(ts, i, j, steps_per_interval: int):
     """Start and end of step ``j`` of output interval ``i`` (end exactly ``ts[i + 1]``)."""
     t0, t1 = ts[i], ts[i + 1]
     h = (t1 - t0) / steps_per_interval
-    start = t0 + j * h
-    end = jnp.where(j == steps_per_interval - 1, t1, t0 + (j + 1) * h)
+    jf = jnp.asarray(j).astype(h.dtype)
+    start = t0 + jf * h
+    end = jnp.where(j == steps_per_interval - 1, t1, t0 + (jf + 1) * h)
     return start, end
 
 
@@ -45,6 +46,7 @@ def integrate(
 
     def run_interval(carry, i):
         def one_step(j, carry):
+            j = jnp.asarray(j, jnp.int32)
             t0, t1 = step_times(ts, i, j, steps_per_interval)
             control = term.control(t0, t1, i * steps_per_interval + j)
             return solver.step(term, t0, t1, *carry, args, control)
@@ -60,6 +62,6 @@ def integrate(
         carry = run_interval(carry, i)
         return carry, carry[0]
 
-    final, ys = jax.lax.scan(outer, (y0, state0), jnp.arange(ts.shape[0] - 1))
+    final, ys = jax.lax.scan(outer, (y0, state0), jnp.arange(ts.shape[0] - 1, dtype=jnp.int32))
     ys = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), y0, ys)
     return ys, final

@@ -16,6 +16,12 @@ import jax
 import jax.numpy as jnp
 
 
+def scale_by(a, v):
+    """``a * v`` for a real time increment ``a`` and a state-like array ``v`` of any
+    inexact dtype (complex included), without promoting ``v``."""
+    return v * jnp.asarray(a).astype(jnp.result_type(v))
+
+
 def cast_like(value, y):
     """``value`` in ``y``'s dtypes, leaf by leaf: a vector field that promotes (float64
     parameters, float64 times under x64) does not change the state's precision."""
@@ -49,7 +55,7 @@ class ODETerm(eqx.Module):
         return cast_like(self.vector_field(t, y, args), y)
 
     def prod(self, value, control):
-        return jax.tree.map(lambda v: control * v, value)
+        return jax.tree.map(lambda v: scale_by(control, v), value)
 
 
 class SDETerm(eqx.Module):
@@ -87,11 +93,12 @@ class SDETerm(eqx.Module):
     def prod(self, value, control):
         drift, diffusion = value
         dt, dw = control
+        dw = jnp.asarray(dw).astype(jnp.result_type(diffusion))
         if self.diagonal:
             noise = diffusion * dw
         else:
             noise = jnp.einsum("...m,m->...", diffusion, dw)
-        return drift * dt + noise
+        return scale_by(dt, drift) + noise
 
 
 def negate(control):
