@@ -294,9 +294,11 @@ def odeint(
         rtol, atol: adaptive steps keeping the local error within ``atol + rtol |y|``
             (shorthand for ``stepsize_controller=PIDController(rtol, atol)``). Needs a
             solver with an error estimate (:class:`Dopri5`, :class:`Heun`,
-            ``Reversible`` around one). Every output time is a step boundary. The
-            step-size choices are not differentiated: gradients are those of the
-            accepted discretisation.
+            ``Reversible`` around one). With :class:`Dopri5` steps run over output
+            times and outputs are interpolated (its fourth-order dense output); other
+            solvers end a step at every output time, as does
+            :class:`BacksolveAdjoint`. The step-size choices are not differentiated:
+            gradients are those of the accepted discretisation.
         stepsize_controller: :class:`PIDController` (with its gains) or
             :class:`ConstantStepSize`.
         max_steps: adaptive steps: the most steps (accepted and rejected) over the
@@ -304,8 +306,11 @@ def odeint(
             accepted step times the adjoints walk back (one scalar per slot).
         return_stats: also return a dict: ``num_steps``, ``vector_field_evaluations``,
             ``rejected_steps`` (adaptive) and, for reversible solvers,
-            ``reconstruction_error`` (the relative distance between ``y0`` and the
-            state rebuilt by inverting every step; one extra backward pass).
+            ``reconstruction_error`` (the largest relative distance between a state
+            rebuilt by inverting the steps and the same state known exactly: ``y0``,
+            and each checkpoint of ``ReversibleAdjoint(checkpoints=k)``; one extra
+            backward pass). :class:`ReversibleAdjoint` refuses gradients above its
+            ``max_reconstruction_error``.
 
     Returns:
         The solution at every time in ``ts``: ``y0``'s pytree with a leading axis of
