@@ -411,3 +411,32 @@ def test_reversible_dopri5_on_a_dissipative_problem_is_reported():
     # Over a shorter span the same solve is right.
     ys = js.odeint(vf, jnp.ones(1), jnp.array([0.0, 2.0]), solver=solver, rtol=1e-6, atol=1e-9)
     assert abs(float(ys[-1, 0]) - np.exp(-2.0)) < 1e-5
+
+
+# ------------------------------------------------------------------- progress meter
+
+
+@pytest.mark.parametrize("steps", [{"dt0": 0.01}, {"rtol": 1e-6, "atol": 1e-6}], ids=str)
+def test_progress_meter_reaches_the_end_and_changes_nothing(steps):
+    from jaxsecond.diffeq import _progress
+
+    before = set(_progress._bars)
+    ts = np.linspace(0.0, 5.0, 6)
+
+    def solve(k, progress_meter):
+        return js.odeint(_decay, jnp.ones(2), ts, k, progress_meter=progress_meter, **steps)
+
+    with_meter = jax.jit(lambda k: solve(k, True))
+    ys = with_meter(1.0)
+    with_meter(2.0)  # a second call opens a second bar
+    g = jax.grad(lambda k: solve(k, True)[-1, 0])(1.0)
+    jax.effects_barrier()
+    assert_tree_allclose(ys, solve(1.0, False), rtol=0, atol=0)
+    assert_tree_allclose(g, jax.grad(lambda k: solve(k, False)[-1, 0])(1.0), rtol=0, atol=0)
+    new = [bar for number, bar in _progress._bars.items() if number not in before]
+    # One bar per call site (the jitted one: the second call replaces the first, closed).
+    assert len(new) == 2
+    for bar in new:
+        assert bar.n == bar.total and bar.disable  # full, and closed
+    with pytest.raises(TypeError, match="progress_meter"):
+        solve(1.0, "yes")

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxsecond.diffeq._grid import RecordedGrid, _output_buffer, _write
+from jaxsecond.diffeq._progress import report
 
 
 class AdaptiveState(eqx.Module):
@@ -130,6 +131,11 @@ class AdaptiveSteps(eqx.Module):
                 out_step = s.out_step.at[jnp.where(reached, s.next_output, n_out)].set(n1)
                 # After an output time, do not let the stretched last step shrink the next.
                 h_next = jnp.where(reached, jnp.maximum(h_next, s.h), h_next)
+            report(
+                getattr(term, "progress", None),
+                (jnp.where(accept, t1, s.t) - ts[0]) / (t_end - ts[0]),
+                accept & (s.num_accepted == 0),
+            )
             times = s.times
             if record:
                 times = times.at[jnp.where(accept, n1, max_steps + 1)].set(t1)

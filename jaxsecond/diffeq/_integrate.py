@@ -12,6 +12,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from jaxsecond.diffeq._progress import report
 from jaxsecond.diffeq._solvers import AbstractSolver
 
 
@@ -42,14 +43,18 @@ def integrate(
     loop (e.g. in ``jax.checkpoint``).
     """
     ts = jnp.asarray(ts)  # transformation rules may hand back a NumPy constant
+    total = (ts.shape[0] - 1) * steps_per_interval
     state0 = solver.init(term, ts[0], y0, args)
 
     def run_interval(carry, i):
         def one_step(j, carry):
             j = jnp.asarray(j, jnp.int32)
             t0, t1 = step_times(ts, i, j, steps_per_interval)
-            control = term.control(t0, t1, i * steps_per_interval + j)
-            return solver.step(term, t0, t1, *carry, args, control)
+            k = i * steps_per_interval + j
+            control = term.control(t0, t1, k)
+            out = solver.step(term, t0, t1, *carry, args, control)
+            report(getattr(term, "progress", None), (k + 1) / total, k == 0)
+            return out
 
         # fori_loop keeps the step index in the carry: no per-step array, so memory
         # does not grow with the number of steps.

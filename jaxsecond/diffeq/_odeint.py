@@ -27,6 +27,7 @@ from jaxsecond.diffeq._controllers import (
     ConstantStepSize,
     PIDController,
 )
+from jaxsecond.diffeq._progress import new_meter
 from jaxsecond.diffeq._solvers import RK4, AbstractReversibleSolver, AbstractSolver, Dopri5
 from jaxsecond.diffeq._terms import ODETerm, Reflected
 
@@ -194,6 +195,13 @@ def stepping_for(
     return solver, AdaptiveSteps(controller, dt0, max_steps)
 
 
+def meter_for(progress_meter) -> int | None:
+    """A progress-meter number for ``progress_meter=True``, else ``None``."""
+    if not isinstance(progress_meter, bool):
+        raise TypeError(f"progress_meter must be True or False, got {progress_meter!r}")
+    return new_meter() if progress_meter else None
+
+
 def check_output(fn, name, y0, ts, args, expected=None):
     """Trace-time check that ``fn(t, y, args)`` returns the pytree ``expected``
     (default: shaped like ``y0``); dtypes may differ within real or within complex
@@ -264,6 +272,7 @@ def odeint(
     stepsize_controller: AbstractStepSizeController | None = None,
     max_steps: int = 4096,
     return_stats: bool = False,
+    progress_meter: bool = False,
 ):
     """Solve ``dy/dt = vector_field(t, y, args)`` from ``y(ts[0]) = y0``.
 
@@ -304,6 +313,9 @@ def odeint(
         max_steps: adaptive steps: the most steps (accepted and rejected) over the
             whole solve; running out raises at run time. Also sizes the buffer of
             accepted step times the adjoints walk back (one scalar per slot).
+        progress_meter: show a tqdm bar of the time covered by the forward solve
+            (updated from inside the compiled loop after every step, at the cost of a
+            host callback per step; fixed-step :class:`Checkpointed` reports nothing).
         return_stats: also return a dict: ``num_steps``, ``vector_field_evaluations``,
             ``rejected_steps`` (adaptive) and, for reversible solvers,
             ``reconstruction_error`` (the largest relative distance between a state
@@ -351,5 +363,5 @@ def odeint(
     converted = eqx.filter_closure_convert(vector_field, times.ts[0], y0, args)
     if times.reflected:
         converted = Reflected(converted, times.sign)
-    term = ODETerm(converted)
+    term = ODETerm(converted, progress=meter_for(progress_meter))
     return finish(adjoint, solver, term, y0, args, times, stepping, return_stats)

@@ -19,6 +19,7 @@ from jaxsecond.diffeq._odeint import (
     check_state,
     check_times,
     finish,
+    meter_for,
     stepping_for,
 )
 from jaxsecond.diffeq._solvers import AbstractSolver, EulerMaruyama, Heun
@@ -43,6 +44,7 @@ def sdeint(
     stepsize_controller: AbstractStepSizeController | None = None,
     max_steps: int = 4096,
     return_stats: bool = False,
+    progress_meter: bool = False,
 ):
     """Solve ``dy = drift(t, y, args) dt + diffusion(t, y, args) dW`` from ``y0``.
 
@@ -81,7 +83,7 @@ def sdeint(
         brownian: optional Brownian path (see above).
         rtol, atol, stepsize_controller, max_steps: adaptive steps (see above and
             :func:`odeint`).
-        return_stats: as in :func:`odeint`.
+        return_stats, progress_meter: as in :func:`odeint`.
 
     Returns:
         The solution at every time in ``ts`` (leading axis ``len(ts)``).
@@ -167,5 +169,6 @@ def sdeint(
         noise_shape=tuple(noise_shape),
         brownian=brownian,
         reflected=reflected_brownian,
+        progress=meter_for(progress_meter),
     )
     return finish(adjoint, solver, term, y0, args, times, stepping, return_stats)

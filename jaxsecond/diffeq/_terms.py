@@ -47,6 +47,7 @@ class ODETerm(eqx.Module):
     """``dy = f(t, y, args) dt``."""
 
     vector_field: Callable
+    progress: int | None = eqx.field(static=True, default=None)  # see _progress.py
 
     def control(self, t0, t1, step_index):
         return t1 - t0
@@ -73,6 +74,7 @@ class SDETerm(eqx.Module):
     noise_shape: tuple[int, ...] = eqx.field(static=True)
     brownian: object = None  # anything with evaluate(t0, t1) -> dW, e.g. diffrax's
     reflected: bool = eqx.field(static=True, default=False)  # solving in -t
+    progress: int | None = eqx.field(static=True, default=None)  # see _progress.py
 
     def control(self, t0, t1, step_index):
         """``(dt, dW)`` for step ``step_index``. Without a Brownian path object the
