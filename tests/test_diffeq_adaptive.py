@@ -361,10 +361,11 @@ def test_float32_reversible_gradient_is_right_or_raises(float32):
     ref = _lv_gradient(solver, js.StoreAll())(p)
     with pytest.raises(Exception, match="drifted from the forward states"):
         jax.block_until_ready(_lv_gradient(solver, js.ReversibleAdjoint())(p))
-    ours = _lv_gradient(solver, js.ReversibleAdjoint(checkpoints=32))(p)
+    # 32 checkpoints measured 0.5-1.1% from StoreAll across runs, 128 about 0.1%.
+    ours = _lv_gradient(solver, js.ReversibleAdjoint(checkpoints=128))(p)
     assert ours.dtype == jnp.float32
-    # Float32 StoreAll itself is only good to ~1e-2 here (see the float64 comparison in
-    # the benchmarks); the requirement is 1e-2 relative to it.
+    # Float32 StoreAll itself is 6% off the float64 gradient here (benchmarks, table
+    # f); the requirement is 1e-2 relative to it.
     rel = float(jnp.max(jnp.abs(ours - ref)) / jnp.max(jnp.abs(ref)))
     assert rel < 1e-2, rel
 
