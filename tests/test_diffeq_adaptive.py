@@ -441,3 +441,29 @@ def test_progress_meter_reaches_the_end_and_changes_nothing(steps):
         assert bar.n == bar.total and bar.disable  # full, and closed
     with pytest.raises(TypeError, match="progress_meter"):
         solve(1.0, "yes")
+
+
+@pytest.mark.parametrize("name", list(ADAPTIVE_ADJOINTS))
+def test_running_out_of_steps_raises_under_jit_and_grad(name):
+    # The check sits on every output of the loop, so jit keeps it whether the outputs,
+    # or only the step times a reverse pass walks, are used.
+    adjoint, solver = ADAPTIVE_ADJOINTS[name]
+    p, y0, ts = jnp.array([1.5, 1.0, 3.0]), jnp.ones(2), jnp.linspace(0.0, 10.0, 11)
+
+    def solve(p):
+        return js.odeint(
+            _lotka_volterra,
+            y0,
+            ts,
+            p,
+            solver=solver,
+            adjoint=adjoint,
+            rtol=1e-6,
+            atol=1e-6,
+            max_steps=20,
+        )
+
+    with pytest.raises(Exception, match="max_steps=20"):
+        jax.block_until_ready(jax.jit(solve)(p))
+    with pytest.raises(Exception, match="max_steps=20"):
+        jax.block_until_ready(jax.jit(jax.grad(lambda p: jnp.sum(solve(p))))(p))

@@ -154,27 +154,31 @@ class AdaptiveSteps(eqx.Module):
             )
 
         final = jax.lax.while_loop(cond, body, init)
-        y = eqx.error_if(
-            final.y,
-            final.next_output < n_out,
-            f"max_steps={max_steps} steps were not enough to reach the last output time "
-            "(a stiff problem, a blow-up, NaN in the vector field, or a tolerance too "
-            "tight): raise max_steps, loosen rtol/atol, or check the vector field",
-        )
         n = final.num_accepted
-        grid = None
+        times = None
         if record:
             # Entries past the last accepted step repeat the end time (never walked).
             times = jnp.where(
                 jnp.arange(max_steps + 1, dtype=jnp.int32) <= n, final.times[: max_steps + 1], t_end
             )
+        # On everything returned (outputs, final state, step times), so that jit cannot
+        # drop the check whichever of them is used, e.g. only the step times by a
+        # reverse pass.
+        ys, y, state, times = eqx.error_if(
+            (jax.tree.map(lambda b: b[:n_out], final.ys), final.y, final.solver_state, times),
+            final.next_output < n_out,
+            f"max_steps={max_steps} steps were not enough to reach the last output time "
+            "(a stiff problem, a blow-up, NaN in the vector field, or a tolerance too "
+            "tight): raise max_steps, loosen rtol/atol, or check the vector field",
+        )
+        grid = None
+        if record:
             grid = RecordedGrid(
                 times=times,
                 out_step=final.out_step[:n_out],
                 num_steps=n,
                 out_times=ts if dense else None,
             )
-        ys = jax.tree.map(lambda b: b[:n_out], final.ys)
         stats = {
             "num_steps": n,
             "rejected_steps": final.num_rejected,
@@ -182,4 +186,4 @@ class AdaptiveSteps(eqx.Module):
             + extra_evaluations
             + (n + final.num_rejected) * solver.evaluations_per_step,
         }
-        return ys, (y, final.solver_state), grid, stats
+        return ys, (y, state), grid, stats
