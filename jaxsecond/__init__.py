@@ -60,6 +60,9 @@ from jaxsecond.diffeq import (
     EulerMaruyama as EulerMaruyama,
 )
 from jaxsecond.diffeq import (
+    Event as Event,
+)
+from jaxsecond.diffeq import (
     Heun as Heun,
 )
 from jaxsecond.diffeq import (
@@ -76,6 +79,12 @@ from jaxsecond.diffeq import (
 )
 from jaxsecond.diffeq import (
     ReversibleHeun as ReversibleHeun,
+)
+from jaxsecond.diffeq import (
+    SaveAt as SaveAt,
+)
+from jaxsecond.diffeq import (
+    Solution as Solution,
 )
 from jaxsecond.diffeq import (
     StoreAll as StoreAll,

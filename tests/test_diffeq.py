@@ -532,7 +532,7 @@ def test_bad_input():
         js.Reversible(js.ReversibleHeun())
     with pytest.raises(ValueError, match="num_checkpoints"):
         js.Checkpointed(0)
-    with pytest.raises(ValueError, match="ODEs"):
+    with pytest.raises(ValueError, match="Stratonovich"):
         js.sdeint(
             vf,
             vf,

@@ -12,6 +12,8 @@ MODULES = [
     "jaxsecond.curvature._hutchinson",
     "jaxsecond.curvature._lanczos",
     "jaxsecond.diffeq._odeint",
+    "jaxsecond.diffeq._events",
+    "jaxsecond.diffeq._saveat",
     "jaxsecond.diffeq._solvers",
     "jaxsecond.diffeq._sdeint",
     "jaxsecond.optim._adahessian",

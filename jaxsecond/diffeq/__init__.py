@@ -11,7 +11,10 @@ from jaxsecond.diffeq._controllers import (
 )
 from jaxsecond.diffeq._controllers import ConstantStepSize as ConstantStepSize
 from jaxsecond.diffeq._controllers import PIDController as PIDController
+from jaxsecond.diffeq._events import Event as Event
 from jaxsecond.diffeq._odeint import odeint as odeint
+from jaxsecond.diffeq._saveat import SaveAt as SaveAt
+from jaxsecond.diffeq._saveat import Solution as Solution
 from jaxsecond.diffeq._sdeint import sdeint as sdeint
 from jaxsecond.diffeq._solvers import RK4 as RK4
 from jaxsecond.diffeq._solvers import AbstractReversibleSolver as AbstractReversibleSolver

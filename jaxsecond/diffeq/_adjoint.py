@@ -44,8 +44,15 @@ from jaxsecond.diffeq._grid import (
     walk_forward,
 )
 from jaxsecond.diffeq._integrate import integrate, step_times
-from jaxsecond.diffeq._solvers import AbstractReversibleSolver, AbstractSolver
-from jaxsecond.diffeq._terms import ODETerm, SDETerm
+from jaxsecond.diffeq._solvers import (
+    AbstractReversibleSolver,
+    AbstractSolver,
+    Heun,
+    Midpoint,
+    Reversible,
+    ReversibleHeun,
+)
+from jaxsecond.diffeq._terms import SDETerm, negate, scale_by
 
 
 def run_steps(stepping, solver, term, y0, args, ts, record=True):
@@ -211,21 +218,43 @@ class BacksolveAdjoint(AbstractAdjoint):
     ``da/dt = -a df/dy``, ``dg/dt = -a df/dtheta`` backwards in time, alongside the
     state itself re-solved backwards, with the same solver and steps.
 
-    Memory is flat in the number of steps and any solver works, but the gradients are
-    only approximate: they are those of the continuous problem, discretised on the way
-    back, and the backward re-solve of the state drifts on dissipative or chaotic
-    problems. Forward mode (``jax.jvp``) propagates tangents alongside the forward
-    solve and is exact for the discretisation. ODEs only.
+    SDEs (Li et al. 2020, as torchsde): for a Stratonovich SDE ``dy = f dt + s o dW``
+    the adjoint is the Stratonovich SDE ``da = -a df/dy dt - a d(s dW)/dy``, ``dg =
+    -a df/dtheta dt - a d(s dW)/dtheta``, solved backwards on the same Brownian
+    increments (regenerated, not stored) with :class:`Heun`. The forward solver must
+    converge to the Stratonovich solution (:class:`Heun`, :class:`Midpoint`,
+    :class:`ReversibleHeun`, ``Reversible`` around Heun or Midpoint).
+
+    Memory is flat in the number of steps and any (ODE) solver works, but the
+    gradients are only approximate: they are those of the continuous problem,
+    discretised on the way back, and the backward re-solve of the state drifts on
+    dissipative or chaotic problems. Forward mode (``jax.jvp``) propagates tangents
+    alongside the forward solve and is exact for the discretisation.
     """
 
     interpolates_outputs: ClassVar[bool] = False
 
     def check(self, solver, term, adaptive):
-        if isinstance(term, SDETerm):
-            raise ValueError("adjoint=BacksolveAdjoint() supports ODEs (odeint) only")
+        if isinstance(term, SDETerm) and not _is_stratonovich(solver):
+            raise ValueError(
+                "adjoint=BacksolveAdjoint() on an SDE needs a solver that converges to "
+                "the Stratonovich solution (Heun(), Midpoint(), ReversibleHeun(), "
+                f"Reversible(Heun())), got {solver!r}; for Ito SDEs (EulerMaruyama) use "
+                "StoreAll() or Checkpointed()"
+            )
 
     def backward(self, solver, grid, final, term, y0, args, ct_ys, ct_final):
+        if isinstance(term, SDETerm):
+            # The adjoint SDE is solved with Heun's method whatever the forward solver
+            # (its increments need the Brownian increment, which Heun's stages take).
+            solver = Heun()
         return _backsolve(solver, grid, final, term, args, ct_ys, ct_final)
+
+
+def _is_stratonovich(solver) -> bool:
+    if isinstance(solver, Reversible):
+        solver = solver.base_solver
+    return isinstance(solver, Heun | Midpoint | ReversibleHeun)
 
 
 # --------------------------------------------------------------------------------------
@@ -552,28 +581,54 @@ def _stored_backward(solver, grid, term, y0, args, ct_ys, ct_final, slots):
         )
 
     ct0 = (ct_y_end, _fill(ct_state_end, state_like), _theta_zeros(theta))
-    ct, _ = jax.lax.fori_loop(
-        0, checkpoints.count, segment_back, (ct0, jnp.int32(grid.num_outputs - 1))
-    )
+    ct, _ = jax.lax.fori_loop(0, checkpoints.count, segment_back, (ct0, grid.last_output))
     ct_y, ct_state, ct_theta = _add_to_ct_y(0)(ct, jax.tree.map(lambda c: c[0], ct_ys), True, 0)
     ct_y_init, ct_th = _init_vjp(solver, grid, term, y0, args, ct_state)
     ct_theta = _accumulate(ct_theta, ct_th)
     return ct_theta[0], jax.tree.map(jnp.add, ct_y, ct_y_init), ct_theta[1]
 
 
+class _AdjointTerm(eqx.Module):
+    """The adjoint system of a term, solved backwards: state ``(y, a, g)``, increments
+    ``(dy, da, dg)`` with ``da = -a d(dy)/dy`` and ``dg = -a d(dy)/dtheta``.
+
+    ODE: the value is ``(f, -a df/dy, -a df/dtheta)``, scaled by ``dt`` (a pytree, so
+    solvers may carry it as a first-same-as-last stage). SDE: the noise part of the
+    increment depends on ``dW`` inside the VJP, so the value keeps the VJP and ``prod``
+    applies it (the SDE adjoint is solved with :class:`Heun`, which carries no stage).
+    """
+
+    term: object
+    args: object
+
+    def vf(self, t, state, _):
+        y, a, _g = state
+        value, vjp = eqx.filter_vjp(
+            lambda y_, th: th[0].vf(t, y_, th[1]), y, (self.term, self.args)
+        )
+        if isinstance(self.term, SDETerm):
+            return value, vjp, a
+        ct_y, ct_theta = vjp(a)
+        neg = lambda tree: jax.tree.map(jnp.negative, tree)
+        return value, neg(ct_y), neg(ct_theta)
+
+    def prod(self, value, control):
+        if not isinstance(self.term, SDETerm):
+            return jax.tree.map(lambda x: scale_by(control, x), value)
+        value, vjp, a = value
+        dt, dw = control
+        dw = jnp.asarray(dw).astype(jnp.result_type(a))
+        noise = a * dw if self.term.diagonal else a[..., None] * dw
+        ct_y, ct_theta = vjp((scale_by(dt, a), noise))
+        neg = lambda tree: jax.tree.map(jnp.negative, tree)
+        return self.term.prod(value, control), neg(ct_y), neg(ct_theta)
+
+
 def _backsolve(solver, grid, final, term, args, ct_ys, ct_final):
     """Continuous-adjoint reverse pass: cotangents of ``(term, y0, args)``."""
     y_end = final[0]
     theta = (term, args)
-
-    def augmented(t, state, _):
-        y, a, _g = state
-        fy, vjp = eqx.filter_vjp(lambda y_, th: th[0].vf(t, y_, th[1]), y, theta)
-        ct_y, ct_theta = vjp(a)
-        neg = lambda tree: jax.tree.map(jnp.negative, tree)
-        return fy, neg(ct_y), neg(ct_theta)
-
-    aug = ODETerm(augmented)
+    aug = _AdjointTerm(term, args)
     g0 = _theta_zeros(theta)
     a0 = ct_final[0]
     state0 = (y_end, a0, g0)
@@ -581,7 +636,10 @@ def _backsolve(solver, grid, final, term, args, ct_ys, ct_final):
 
     def step_back(k, t0, t1, carry):
         state, solver_state = carry
-        return solver.step(aug, t1, t0, state, solver_state, None, t0 - t1)
+        # The forward step's control reversed: -dt and, for an SDE, the same Brownian
+        # increment negated (regenerated from the key or the path).
+        control = negate(term.control(t0, t1, k))
+        return solver.step(aug, t1, t0, state, solver_state, None, control)
 
     def add_ct(carry, ct, hit, t):
         (y, a, g), solver_state = carry

@@ -39,6 +39,10 @@ class FixedGrid(eqx.Module):
         return self.ts.shape[0]
 
     @property
+    def last_output(self):
+        return jnp.int32(self.ts.shape[0] - 1)
+
+    @property
     def out_step(self):
         return jnp.arange(self.ts.shape[0], dtype=jnp.int32) * self.steps_per_interval
 
@@ -60,13 +64,16 @@ class RecordedGrid(eqx.Module):
 
     Without ``out_times`` every output time ends a step (``out_step[o]`` steps reach
     it). With ``out_times`` (solvers with dense output) outputs are interpolated:
-    output ``o`` lies inside step ``out_step[o]``, at ``out_times[o]``.
+    output ``o`` lies inside step ``out_step[o]``, at ``out_times[o]``. With
+    ``num_out``, only outputs ``0 .. num_out - 1`` are reached (a solve that saves
+    every step, or one stopped by an event); the rest have ``out_step`` -1.
     """
 
     times: jax.Array  # [max_steps + 1]; entries past num_steps repeat the end time
     out_step: jax.Array  # int32 [len(ts)]
     num_steps: jax.Array  # int32 scalar
     out_times: jax.Array | None = None
+    num_out: jax.Array | None = None
 
     @property
     def dense(self) -> bool:
@@ -75,6 +82,13 @@ class RecordedGrid(eqx.Module):
     @property
     def num_outputs(self) -> int:
         return self.out_step.shape[0]
+
+    @property
+    def last_output(self):
+        """The index of the last output reached."""
+        if self.num_out is None:
+            return jnp.int32(self.num_outputs - 1)
+        return self.num_out - 1
 
     @property
     def t_start(self):
@@ -154,7 +168,7 @@ def walk_backward(grid, step_fn, carry, ct_ys, add_ct, add_dense=None):
         add_ct,
         0,
         grid.num_steps,
-        jnp.int32(grid.num_outputs - 1),
+        grid.last_output,
         add_dense,
     )
     return add_ct(carry, jax.tree.map(lambda c: c[0], ct_ys), jnp.bool_(True), grid.t_start)

@@ -27,7 +27,10 @@ from jaxsecond.diffeq._controllers import (
     ConstantStepSize,
     PIDController,
 )
+from jaxsecond.diffeq._events import Event, EventCheck, FixedEventSteps, event_time_and_state
+from jaxsecond.diffeq._grid import FixedGrid
 from jaxsecond.diffeq._progress import new_meter
+from jaxsecond.diffeq._saveat import DenseInterpolation, SaveAt, Solution
 from jaxsecond.diffeq._solvers import RK4, AbstractReversibleSolver, AbstractSolver, Dopri5
 from jaxsecond.diffeq._terms import ODETerm, Reflected
 
@@ -235,26 +238,171 @@ def check_output(fn, name, y0, ts, args, expected=None):
     return out
 
 
-def finish(adjoint, solver, term, y0, args, times, stepping, return_stats):
-    """Run the solve through the adjoint, and add statistics if asked."""
+def event_check(event, y0, times, args) -> EventCheck:
+    """Validate an :class:`Event` and convert its condition to solve time."""
+    if not isinstance(event, Event):
+        raise TypeError(f"event must be a jaxsecond.Event, got {event!r}")
+    try:
+        out = eqx.filter_eval_shape(event.condition, times.ts[0], y0, args)
+    except TypeError as e:
+        raise TypeError(
+            f"Event.condition ({callable_name(event.condition)}) failed on y0: {e}"
+        ) from e
+    if not isinstance(out, jax.ShapeDtypeStruct) or out.shape != ():
+        raise ValueError(
+            f"Event.condition ({callable_name(event.condition)}) must return a scalar, got "
+            f"{getattr(out, 'shape', out)}"
+        )
+    condition = eqx.filter_closure_convert(event.condition, times.ts[0], y0, args)
+    if times.reflected:
+        condition = Reflected(condition, times.sign, scale=False)
+    return EventCheck(condition, event.direction)
+
+
+def run_adjoint(adjoint, solver, term, y0, args, ts, stepping):
+    """Check the adjoint against the solve and run it: ``(ys, (final, grid, stats))``."""
     adaptive = not isinstance(stepping, int)
     adjoint.check(solver, term, adaptive)
-    if adaptive and not adjoint.interpolates_outputs:
+    if isinstance(stepping, AdaptiveSteps) and not adjoint.interpolates_outputs:
         stepping = dataclasses.replace(stepping, dense=False)
-    ys, (final, grid, stats) = adjoint.solve(solver, term, y0, args, times.ts, stepping)
-    if not return_stats:
-        return ys
-    stats = dict(stats)
+    return adjoint.solve(solver, term, y0, args, ts, stepping), stepping
+
+
+def user_stats(stats, adjoint, solver, term, y0, args, ts, stepping, final, grid):
+    """The statistics users see: internal entries removed, the reconstruction error of
+    reversible solvers added (one extra backward pass)."""
+    stats = {k: v for k, v in stats.items() if not k.startswith("_")}
     if isinstance(solver, AbstractReversibleSolver):
         if grid is None:
             # The plain solve keeps no grid; record one (without derivatives).
             _, final, grid, _ = run_steps(
-                stepping, solver, term, *jax.lax.stop_gradient((y0, args)), times.ts
+                stepping, solver, term, *jax.lax.stop_gradient((y0, args)), ts
             )
         stats["reconstruction_error"] = reconstruction_error(
             solver, grid, final, term, y0, args, adjoint
         )
+    return stats
+
+
+def finish(adjoint, solver, term, y0, args, times, stepping, return_stats):
+    """Run the solve through the adjoint, and add statistics if asked."""
+    (ys, (final, grid, stats)), stepping = run_adjoint(
+        adjoint, solver, term, y0, args, times.ts, stepping
+    )
+    if not return_stats:
+        return ys
+    stats = user_stats(stats, adjoint, solver, term, y0, args, times.ts, stepping, final, grid)
     return ys, stats
+
+
+def _fixed_step_times(ts, steps_per_interval):
+    """Every step boundary of the fixed grid on ``ts``."""
+    grid = FixedGrid(ts, steps_per_interval)
+    starts = jax.vmap(lambda k: grid.step_times(k)[0])(jnp.arange(grid.num_steps, dtype=jnp.int32))
+    return jnp.concatenate([starts, ts[-1:]])
+
+
+def _masked(tree, valid):
+    """Rows where ``valid`` is false become ``inf`` (inexact leaves)."""
+
+    def one(x):
+        if not jnp.issubdtype(x.dtype, jnp.inexact):
+            return x
+        mask = valid.reshape(valid.shape + (1,) * (x.ndim - 1))
+        return jnp.where(mask, x, jnp.asarray(jnp.inf, x.dtype))
+
+    return jax.tree.map(one, tree)
+
+
+def _rows(tree, index):
+    return jax.tree.map(lambda b: b[index], tree)
+
+
+def solve_and_save(adjoint, solver, term, y0, args, times, stepping, saveat, event, return_stats):
+    """The solve behind ``odeint(..., saveat=..., event=...)``: a :class:`Solution`."""
+    adaptive = isinstance(stepping, AdaptiveSteps)
+    keep_steps = saveat.steps or saveat.dense
+    ts = times.ts
+    if saveat.t1 and adaptive and not keep_steps:
+        ts = ts[jnp.array([0, -1])]
+    output_rows = None
+    if keep_steps and not adaptive:
+        output_rows = jnp.arange(ts.shape[0], dtype=jnp.int32) * stepping
+        ts = _fixed_step_times(ts, stepping)
+        stepping = 1
+    if adaptive:
+        stepping = dataclasses.replace(
+            stepping,
+            save_steps=keep_steps,
+            dense=stepping.dense and not keep_steps and event is None,
+            event=event,
+        )
+    elif event is not None:
+        stepping = FixedEventSteps(stepping, event)
+    (ys, (final, grid, stats)), stepping = run_adjoint(
+        adjoint, solver, term, y0, args, ts, stepping
+    )
+    rows = jax.tree.leaves(ys)[0].shape[0]
+    saved = stats.get("_saved_rows", rows)
+    if event is not None:
+        t_final, y_final, happened = event_time_and_state(
+            solver,
+            term,
+            event.condition,
+            final,
+            args,
+            stats["_event"],
+            stats["_t_stop"],
+            stats["num_steps"],
+        )
+    else:
+        t_final, y_final, happened = ts[-1], final[0], jnp.bool_(False)
+    index = jnp.arange(rows, dtype=jnp.int32)
+    interpolation = None
+    out_ts, out_ys = times.sign * times.ts, _masked(ys, index < saved)
+    if keep_steps:
+        step_times = stats["_step_times"] if adaptive else ts
+        if adaptive:
+            output_rows = stats["_output_rows"]
+        valid = (output_rows >= 0) & (output_rows < saved)
+        if event is not None:
+            # The step to the event ends the saved steps.
+            step_times = step_times.at[saved].set(t_final, mode="drop")
+            ys = jax.tree.map(lambda b, y: b.at[saved].set(y, mode="drop"), ys, y_final)
+            saved = jnp.minimum(saved + 1, rows)
+        step_times = jnp.where(index < saved, step_times, step_times[saved - 1])
+        if saveat.dense:
+            interpolation = DenseInterpolation(
+                solver, term, args, step_times, ys, saved - 1, times.sign
+            )
+        if saveat.steps:
+            out_ts = jnp.where(index < saved, times.sign * step_times, jnp.inf)
+            out_ys = _masked(ys, index < saved)
+        else:
+            # Outputs at ts, read from the saved steps.
+            out_ys = _masked(_rows(ys, jnp.maximum(output_rows, 0)), valid)
+            saved = jnp.sum(valid.astype(jnp.int32))
+    if saveat.t1:
+        out_ts = (times.sign * t_final)[None]
+        out_ys = jax.tree.map(lambda y: y[None], y_final)
+        saved = jnp.int32(1)
+    if saveat.fn is not None:
+        fn = saveat.fn
+        values = jax.vmap(lambda t, y: fn(t, y, args))(out_ts, out_ys)
+        out_ys = _masked(values, jnp.arange(out_ts.shape[0], dtype=jnp.int32) < saved)
+    solution = Solution(
+        ts=out_ts,
+        ys=out_ys,
+        num_saved=jnp.asarray(saved, jnp.int32),
+        t_final=times.sign * t_final,
+        y_final=y_final,
+        event_happened=happened,
+        interpolation=interpolation,
+    )
+    if not return_stats:
+        return solution
+    stats = user_stats(stats, adjoint, solver, term, y0, args, ts, stepping, final, grid)
+    return solution, stats
 
 
 def odeint(
@@ -271,6 +419,8 @@ def odeint(
     atol: float | None = None,
     stepsize_controller: AbstractStepSizeController | None = None,
     max_steps: int = 4096,
+    saveat: SaveAt | None = None,
+    event: Event | None = None,
     return_stats: bool = False,
     progress_meter: bool = False,
 ):
@@ -313,6 +463,13 @@ def odeint(
         max_steps: adaptive steps: the most steps (accepted and rejected) over the
             whole solve; running out raises at run time. Also sizes the buffer of
             accepted step times the adjoints walk back (one scalar per slot).
+        saveat: what to save (:class:`SaveAt`: the final state only, every step, a
+            function of the state, dense output for :meth:`Solution.evaluate`). Given,
+            ``odeint`` returns a :class:`Solution`.
+        event: :class:`Event`: stop where a condition of the state crosses zero; the
+            event time is located by root finding and is differentiable. Given,
+            ``odeint`` returns a :class:`Solution`; every adjoint works, and
+            adaptive solves then end a step at every output time.
         progress_meter: show a tqdm bar of the time covered by the forward solve
             (updated from inside the compiled loop after every step, at the cost of a
             host callback per step; fixed-step :class:`Checkpointed` reports nothing).
@@ -326,7 +483,8 @@ def odeint(
 
     Returns:
         The solution at every time in ``ts``: ``y0``'s pytree with a leading axis of
-        length ``len(ts)`` (and the statistics with ``return_stats=True``).
+        length ``len(ts)``; a :class:`Solution` with ``saveat`` or ``event``; and the
+        statistics with ``return_stats=True``.
 
     Example:
         >>> import jax.numpy as jnp, jaxsecond
@@ -364,4 +522,14 @@ def odeint(
     if times.reflected:
         converted = Reflected(converted, times.sign)
     term = ODETerm(converted, progress=meter_for(progress_meter))
-    return finish(adjoint, solver, term, y0, args, times, stepping, return_stats)
+    if saveat is None and event is None:
+        return finish(adjoint, solver, term, y0, args, times, stepping, return_stats)
+    saveat = SaveAt() if saveat is None else saveat
+    if not isinstance(saveat, SaveAt):
+        raise TypeError(f"saveat must be a jaxsecond.SaveAt, got {saveat!r}")
+    check = None
+    if event is not None:
+        check = event_check(event, y0, times, args)
+    return solve_and_save(
+        adjoint, solver, term, y0, args, times, stepping, saveat, check, return_stats
+    )

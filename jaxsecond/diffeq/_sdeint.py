@@ -80,6 +80,8 @@ def sdeint(
         args: passed to ``drift`` and ``diffusion``.
         key: a ``jax.random`` key for the Brownian motion.
         solver, adjoint, dt0, steps_per_interval: as in :func:`odeint`.
+            :class:`BacksolveAdjoint` needs a Stratonovich solver (it solves the
+            adjoint SDE backwards on the same increments).
         brownian: optional Brownian path (see above).
         rtol, atol, stepsize_controller, max_steps: adaptive steps (see above and
             :func:`odeint`).
