@@ -264,3 +264,27 @@ def test_backsolve_adjoint_for_sdes_converges_to_the_discrete_gradient(solver):
 def test_backsolve_adjoint_refuses_ito_solvers():
     with pytest.raises(ValueError, match="Stratonovich solution"):
         _gbm_gradients(0.1, js.BacksolveAdjoint(), js.EulerMaruyama())
+
+
+@pytest.mark.parametrize(
+    "kw", [dict(dt0=0.1), dict(rtol=1e-3, atol=1e-3)], ids=["fixed", "adaptive"]
+)
+def test_saveat_steps_holds_the_outputs_of_the_plain_solve(kw):
+    drift = lambda t, y, p: p[0] * y
+    diffusion = lambda t, y, p: p[1] * y
+    key, y0, ts, p = (
+        jax.random.key(0),
+        jnp.ones(2),
+        np.array([0.0, 0.5, 1.0]),
+        jnp.array([MU, SIGMA]),
+    )
+    plain = js.sdeint(drift, diffusion, y0, ts, p, key=key, **kw)
+    sol = js.sdeint(drift, diffusion, y0, ts, p, key=key, saveat=js.SaveAt(steps=True), **kw)
+    n = int(sol.num_saved)
+    # Every output time ends a step, on the same Brownian path: the same states.
+    rows = np.searchsorted(np.asarray(sol.ts[:n]), ts)
+    np.testing.assert_allclose(sol.ts[rows], ts, rtol=1e-14)
+    np.testing.assert_allclose(sol.ys[rows], plain, rtol=1e-13)
+    assert np.all(np.isinf(np.asarray(sol.ys[n:])))
+    with pytest.raises(ValueError, match=r"dense=True\) is for odeint"):
+        js.sdeint(drift, diffusion, y0, ts, p, key=key, saveat=js.SaveAt(dense=True), **kw)

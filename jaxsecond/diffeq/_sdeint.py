@@ -20,8 +20,10 @@ from jaxsecond.diffeq._odeint import (
     check_times,
     finish,
     meter_for,
+    solve_and_save,
     stepping_for,
 )
+from jaxsecond.diffeq._saveat import SaveAt
 from jaxsecond.diffeq._solvers import AbstractSolver, EulerMaruyama, Heun
 from jaxsecond.diffeq._terms import Reflected, SDETerm
 
@@ -43,6 +45,7 @@ def sdeint(
     atol: float | None = None,
     stepsize_controller: AbstractStepSizeController | None = None,
     max_steps: int = 4096,
+    saveat: SaveAt | None = None,
     return_stats: bool = False,
     progress_meter: bool = False,
 ):
@@ -85,6 +88,8 @@ def sdeint(
         brownian: optional Brownian path (see above).
         rtol, atol, stepsize_controller, max_steps: adaptive steps (see above and
             :func:`odeint`).
+        saveat: :class:`SaveAt` as in :func:`odeint` (final state, every step, ``fn``;
+            no dense output); given, ``sdeint`` returns a :class:`Solution`.
         return_stats, progress_meter: as in :func:`odeint`.
 
     Returns:
@@ -173,4 +178,12 @@ def sdeint(
         reflected=reflected_brownian,
         progress=meter_for(progress_meter),
     )
-    return finish(adjoint, solver, term, y0, args, times, stepping, return_stats)
+    if saveat is None:
+        return finish(adjoint, solver, term, y0, args, times, stepping, return_stats)
+    if not isinstance(saveat, SaveAt):
+        raise TypeError(f"saveat must be a jaxsecond.SaveAt, got {saveat!r}")
+    if saveat.dense:
+        raise ValueError("SaveAt(dense=True) is for odeint: an SDE path has no interpolant")
+    return solve_and_save(
+        adjoint, solver, term, y0, args, times, stepping, saveat, None, return_stats
+    )
