@@ -470,9 +470,8 @@ def _reversible_backward(adjoint, solver, grid, final, term, y0, args, ct_ys, ct
         y1, state1, ct_y1, ct_state1, ct_theta, error, c = carry
         y1, state1, error, c = swap(k, y1, state1, error, c)
         control = term.control(t0, t1, k)
-        y0_, state0 = solver.backward_step(term, t0, t1, y1, state1, args, control)
-        ct_y0, ct_state0, ct_th = _step_vjp(
-            solver, term, args, k, t0, t1, y0_, state0, ct_y1, ct_state1
+        y0_, state0, ct_y0, ct_state0, ct_th = solver.backward_step_vjp(
+            term, t0, t1, y1, state1, args, control, ct_y1, ct_state1
         )
         return y0_, state0, ct_y0, _fill(ct_state0, state0), _accumulate(ct_theta, ct_th), error, c
 

@@ -101,6 +101,25 @@ class AbstractReversibleSolver(AbstractSolver):
     def backward_step(self, term, t0, t1, y1, state1, args, control) -> tuple[Any, Any]:
         """Recover ``(y0, state0)`` at ``t0`` from ``(y1, state1)`` at ``t1``."""
 
+    def backward_step_vjp(self, term, t0, t1, y1, state1, args, control, ct_y1, ct_state1):
+        """One step of the reverse pass: reconstruct ``(y0, state0)`` and pull the
+        cotangents of ``(y1, state1)`` back through the forward step.
+
+        Returns ``(y0, state0, ct_y0, ct_state0, ct_theta)``, ``ct_theta`` the
+        cotangent of ``(term, args)`` (``None`` at non-differentiable leaves). This
+        default inverts the step, then differentiates the forward step from the
+        reconstructed state; solvers whose inverse evaluates the same maps as the
+        forward step override it to reuse them.
+        """
+        y0, state0 = self.backward_step(term, t0, t1, y1, state1, args, control)
+
+        def forward(y, state, theta):
+            return self.step(theta[0], t0, t1, y, state, theta[1], control)
+
+        _, vjp = eqx.filter_vjp(forward, y0, state0, (term, args))
+        ct_y0, ct_state0, ct_theta = vjp((ct_y1, ct_state1))
+        return y0, state0, ct_y0, ct_state0, ct_theta
+
 
 class ExplicitRungeKutta(AbstractSolver):
     """An explicit Runge-Kutta method given by its Butcher tableau (``a`` strictly lower
@@ -368,6 +387,30 @@ class Reversible(AbstractReversibleSolver):
         inc = self.base_solver.increment(term, t0, t1, z0, args, control)
         y0 = jax.tree.map(lambda y, z, d: (y - (1 - lam) * z - d) / lam, y1, z0, inc)
         return y0, z0
+
+    def backward_step_vjp(self, term, t0, t1, y1, state1, args, control, ct_y1, ct_state1):
+        # The inverse evaluates the forward step's two increments at the same points
+        # (the backward one at y1, the forward one at z0), so their VJPs come with the
+        # reconstruction: two increments and two VJPs per step instead of four and two.
+        lam, base = self.coupling, self.base_solver
+        back, vjp_back = eqx.filter_vjp(
+            lambda y, th: base.increment(th[0], t1, t0, y, th[1], negate(control)),
+            y1,
+            (term, args),
+        )
+        z0 = jax.tree.map(jnp.add, state1, back)
+        inc, vjp_inc = eqx.filter_vjp(
+            lambda z, th: base.increment(th[0], t0, t1, z, th[1], control), z0, (term, args)
+        )
+        y0 = jax.tree.map(lambda y, z, d: (y - (1 - lam) * z - d) / lam, y1, z0, inc)
+        # Forward: y1 = lam y0 + (1 - lam) z0 + inc(z0), z1 = z0 - back(y1).
+        ct_y1_back, ct_theta_back = vjp_back(jax.tree.map(jnp.negative, ct_state1))
+        ct_y1 = jax.tree.map(jnp.add, ct_y1, ct_y1_back)
+        ct_z0_inc, ct_theta_inc = vjp_inc(ct_y1)
+        ct_z0 = jax.tree.map(lambda c, a, b: c + (1 - lam) * a + b, ct_state1, ct_y1, ct_z0_inc)
+        ct_y0 = jax.tree.map(lambda a: lam * a, ct_y1)
+        ct_theta = jax.tree.map(jnp.add, ct_theta_back, ct_theta_inc)
+        return y0, z0, ct_y0, ct_z0, ct_theta
 
 
 class Dopri5(ExplicitRungeKutta):
