@@ -10,7 +10,8 @@ with plain JAX:
   fixed-point iteration unrolled (a contraction of rate 0.3: 100 iterations converge to
   round-off, derivatives included).
 * ``odeint`` with each adjoint: ``dy/dt = tanh(W y + p) - 0.3 y``; reference the same
-  discretisation with ``StoreAll``, which differentiates the plain loop.
+  RK4 steps written out as a plain ``fori_loop`` (the reversible solver: the same
+  discretisation with ``StoreAll``, which differentiates the plain loop).
 * ``HashGridEncoding`` (xla, and pallas in the interpreter): features at a point that
   moves with ``p``, through a small head; reference multilinear interpolation of the
   same tables with ``jax.scipy.ndimage.map_coordinates`` (dense levels only, so the
@@ -23,7 +24,10 @@ inner), one RARTS step (three gradient blocks through the inner) and an outer
 ``custom_root`` whose optimality condition calls the inner (so its linear solve takes
 the inner's Jacobian, and its own derivatives need the inner's second derivatives).
 Every cell compares the outer applied to the inner with the outer applied to the
-reference, in float64.
+reference, in float64. The outers that run a training step (AdaHessian, RARTS) jit it, as
+a training loop does, and the outer ``custom_root`` is jitted too: one compilation per
+cell instead of one per eager step (grad, jvp, hvp and vmap stay eager). References are
+shared between inners that have the same one.
 """
 
 from __future__ import annotations
@@ -103,6 +107,19 @@ def _ode(adjoint, solver):
     return inner
 
 
+def rk4_reference(p, dt=0.05, num_steps=20):
+    # What odeint(..., solver=RK4(), dt0=0.05) computes on [0, 1]: 20 classical RK4
+    # steps (the field does not depend on t), differentiated as a plain loop.
+    def step(_, y):
+        k1 = _field(0.0, y, p)
+        k2 = _field(0.0, y + 0.5 * dt * k1, p)
+        k3 = _field(0.0, y + 0.5 * dt * k2, p)
+        k4 = _field(0.0, y + dt * k3, p)
+        return y + dt / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+
+    return jax.lax.fori_loop(0, num_steps, step, jnp.ones(N))
+
+
 _ENCODING = js.HashGridEncoding(
     dim=3,
     num_levels=2,
@@ -151,16 +168,8 @@ EXACT = 1e-8  # same mathematics, different arithmetic (linear solves, loops): r
 INNERS = {
     "custom_root": (root_inner, root_reference, EXACT),
     "custom_fixed_point": (fixed_point_inner, fixed_point_reference, EXACT),
-    "odeint-StoreAll": (
-        _ode(js.StoreAll(), js.RK4()),
-        _ode(js.StoreAll(), js.RK4()),
-        EXACT,
-    ),
-    "odeint-Checkpointed": (
-        _ode(js.Checkpointed(3), js.RK4()),
-        _ode(js.StoreAll(), js.RK4()),
-        EXACT,
-    ),
+    "odeint-StoreAll": (_ode(js.StoreAll(), js.RK4()), rk4_reference, EXACT),
+    "odeint-Checkpointed": (_ode(js.Checkpointed(3), js.RK4()), rk4_reference, EXACT),
     "odeint-ReversibleAdjoint": (
         _ode(js.ReversibleAdjoint(), js.Reversible(js.RK4())),
         _ode(js.StoreAll(), js.Reversible(js.RK4())),
@@ -168,11 +177,7 @@ INNERS = {
     ),
     # The continuous adjoint is approximate: its reverse pass differs from the discrete
     # gradient by the O(h^4) RK4 error of the adjoint equation at h = 0.05 (~1e-7).
-    "odeint-BacksolveAdjoint": (
-        _ode(js.BacksolveAdjoint(), js.RK4()),
-        _ode(js.StoreAll(), js.RK4()),
-        1e-5,
-    ),
+    "odeint-BacksolveAdjoint": (_ode(js.BacksolveAdjoint(), js.RK4()), rk4_reference, 1e-5),
     "HashGridEncoding-xla": (_hashgrid_inner("xla"), hashgrid_reference, EXACT),
     "HashGridEncoding-pallas": (_hashgrid_inner("pallas"), hashgrid_reference, EXACT),
 }
@@ -181,7 +186,11 @@ INNERS = {
 
 
 def _loss(inner):
-    return lambda p: jnp.sum(inner(p) ** 2) + jnp.sum(inner(p) * V)
+    def loss(p):
+        z = inner(p)  # once: each call is another solve to trace and compile
+        return jnp.sum(z**2) + jnp.sum(z * V)
+
+    return loss
 
 
 def outer_grad(inner):
@@ -208,7 +217,7 @@ def outer_jit(inner):
 def outer_adahessian(inner):
     # A large learning rate so the step depends visibly on the Hessian estimate.
     opt = js.adahessian(learning_rate=0.5)
-    estimate = js.value_grad_and_hessian_diagonal(_loss(inner))
+    estimate = jax.jit(js.value_grad_and_hessian_diagonal(_loss(inner)))
     state = opt.init(P0)
     params = P0
     for i in range(2):
@@ -230,8 +239,9 @@ def outer_rarts(inner):
         beta=5.0,
     )
     state = search.init(P0, jnp.array(0.2))
+    step = jax.jit(search.step)
     for _ in range(2):
-        state, _ = search.step(state, V, -V)
+        state, _ = step(state, V, -V)
     return state.weights, state.val_weights, state.arch
 
 
@@ -242,22 +252,23 @@ def outer_custom_root(inner):
 
     @js.custom_root(optimality)
     def solve(u0, p):
-        p = jax.lax.stop_gradient(p)
-        body = lambda _, u: 0.5 * jnp.tanh(inner(p) + 0.3 * u)
+        z = inner(jax.lax.stop_gradient(p))  # the solver's own steps: a black box
+        body = lambda _, u: 0.5 * jnp.tanh(z + 0.3 * u)
         return jax.lax.fori_loop(0, 60, body, u0)
 
     def outer_loss(p):
         return jnp.sum(solve(jnp.zeros(N), p) ** 2)
 
-    return jax.grad(outer_loss)(P0), js.hvp(outer_loss, P0, V)
+    return jax.jit(lambda p: (jax.grad(outer_loss)(p), js.hvp(outer_loss, p, V)))(P0)
 
 
 def _outer_custom_root_reference(reference):
     def outer_loss(p):
-        body = lambda _, u: 0.5 * jnp.tanh(reference(p) + 0.3 * u)
+        z = reference(p)
+        body = lambda _, u: 0.5 * jnp.tanh(z + 0.3 * u)
         return jnp.sum(jax.lax.fori_loop(0, 60, body, jnp.zeros(N)) ** 2)
 
-    return jax.grad(outer_loss)(P0), js.hvp(outer_loss, P0, V)
+    return jax.jit(lambda p: (jax.grad(outer_loss)(p), js.hvp(outer_loss, p, V)))(P0)
 
 
 OUTERS = {
@@ -272,9 +283,13 @@ OUTERS = {
 }
 
 
-@functools.cache
 def _reference(inner_name, outer_name):
-    _, reference, _ = INNERS[inner_name]
+    return _reference_of(INNERS[inner_name][1], outer_name)
+
+
+@functools.cache
+def _reference_of(reference, outer_name):
+    # Keyed on the reference itself: inners with the same reference share its result.
     if outer_name == "custom_root":
         return _outer_custom_root_reference(reference)
     return OUTERS[outer_name](reference)

@@ -36,7 +36,8 @@ def mixed_problem(key):
 
 def explicit_hessian(loss, params):
     flat, unravel = ravel_pytree(params)
-    H = jax.hessian(lambda v: loss(unravel(v)))(flat)
+    # Jitted: eagerly, the vmapped forward-over-reverse pass is many small dispatches.
+    H = jax.jit(jax.hessian(lambda v: loss(unravel(v))))(flat)
     return H, flat, unravel
 
 

@@ -68,11 +68,15 @@ def test_dopri5_adaptive_tracks_tolerance_and_differentiates():
     # Step count grows like tol^(-1/5) for a fifth-order method: 1000^(1/5) ~ 4.
     assert 2.5 < steps[1] / steps[0] < 6
     f = lambda a: _oscillator(a, 1e-10)[1][-1, 0]
+    # Reverse, forward and second order in one compiled program.
+    g, tangent, h = jax.jit(
+        lambda a: (jax.grad(f)(a), jax.jvp(f, (a,), (1.0,))[1], jax.hessian(f)(a))
+    )(4.0)
     g_exact = jax.grad(lambda a: exact(10.0, a))(4.0)
-    assert float(jax.grad(f)(4.0)) == pytest.approx(float(g_exact), rel=1e-6)
-    assert float(jax.jvp(f, (4.0,), (1.0,))[1]) == pytest.approx(float(g_exact), rel=1e-6)
+    assert float(g) == pytest.approx(float(g_exact), rel=1e-6)
+    assert float(tangent) == pytest.approx(float(g_exact), rel=1e-6)
     h_exact = jax.hessian(lambda a: exact(10.0, a))(4.0)
-    assert float(jax.hessian(f)(4.0)) == pytest.approx(float(h_exact), rel=1e-5)
+    assert float(h) == pytest.approx(float(h_exact), rel=1e-5)
 
 
 def test_dopri5_running_out_of_steps_is_reported():
@@ -116,34 +120,47 @@ def test_adaptive_reversible_adjoint_equals_store_all(getkey):
     vf, params = mlp_ode(getkey())
     y0, ts = jnp.array([1.0, -0.5]), jnp.array([0.0, 0.7, 2.0, 3.0])
     solver = js.Reversible(js.Dopri5(), coupling=0.999)
-    ref = _adaptive_loss(vf, y0, ts, solver, js.StoreAll())
-    ours = _adaptive_loss(vf, y0, ts, solver, js.ReversibleAdjoint())
     v = jax.tree.map(jnp.ones_like, params)
+
+    def derivatives(adjoint):
+        # One compiled program per adjoint: the gradient (the primal half of the
+        # forward-over-reverse pass), the Hessian-vector product and forward mode.
+        loss = _adaptive_loss(vf, y0, ts, solver, adjoint)
+
+        def run(p):
+            _, grad, hv = js.grad_and_hvp(loss, p, v)
+            return grad, hv, jax.jvp(loss, (p,), (v,))[1]
+
+        return jax.jit(run)(params)
+
+    grad, hv, tangent = derivatives(js.ReversibleAdjoint())
+    grad_ref, hv_ref, tangent_ref = derivatives(js.StoreAll())
     # The reversible adjoint re-solves on the recorded steps: the same discretisation as
     # StoreAll's adaptive loop, so gradients agree to reconstruction round-off.
-    assert_tree_allclose(jax.grad(ours)(params), jax.grad(ref)(params), rtol=1e-10, atol=1e-12)
-    assert float(jax.jvp(ours, (params,), (v,))[1]) == pytest.approx(
-        float(jax.jvp(ref, (params,), (v,))[1]), rel=1e-10
-    )
-    assert_tree_allclose(js.hvp(ours, params, v), js.hvp(ref, params, v), rtol=1e-9, atol=1e-12)
-    _, stats = js.odeint(
-        vf,
-        y0,
-        ts,
-        params,
-        solver=solver,
-        adjoint=js.ReversibleAdjoint(),
-        rtol=1e-6,
-        atol=1e-8,
-        max_steps=64,
-        return_stats=True,
-    )
+    assert_tree_allclose(grad, grad_ref, rtol=1e-10, atol=1e-12)
+    assert float(tangent) == pytest.approx(float(tangent_ref), rel=1e-10)
+    assert_tree_allclose(hv, hv_ref, rtol=1e-9, atol=1e-12)
+    _, stats = jax.jit(
+        lambda p: js.odeint(
+            vf,
+            y0,
+            ts,
+            p,
+            solver=solver,
+            adjoint=js.ReversibleAdjoint(),
+            rtol=1e-6,
+            atol=1e-8,
+            max_steps=64,
+            return_stats=True,
+        )
+    )(params)
     assert int(stats["num_steps"]) > len(ts) - 1  # it did adapt
     assert float(stats["reconstruction_error"]) < 1e-12
     # The adaptive backsolve adjoint on the same tolerance: close, not exact.
-    backsolve = _adaptive_loss(vf, y0, ts, js.Dopri5(), js.BacksolveAdjoint())
-    store = _adaptive_loss(vf, y0, ts, js.Dopri5(), js.StoreAll())
-    error = _max_rel_error(jax.grad(backsolve)(params), jax.grad(store)(params))
+    dopri5_grad = lambda adjoint: jax.jit(
+        jax.grad(_adaptive_loss(vf, y0, ts, js.Dopri5(), adjoint))
+    )(params)
+    error = _max_rel_error(dopri5_grad(js.BacksolveAdjoint()), dopri5_grad(js.StoreAll()))
     print(f"adaptive backsolve gradient error vs StoreAll: {error:.1e}")
     assert 1e-12 < error < 1e-4
 
@@ -227,19 +244,29 @@ def test_reversible_adjoint_equals_store_all(getkey, solver):
     assert_tree_allclose(ours, ref, rtol=1e-10, atol=1e-12)
 
 
-def _lorenz_gradients(solver, t_end, adjoint=None):
-    adjoint = js.ReversibleAdjoint() if adjoint is None else adjoint
+def _lorenz_gradient(solver, t_end, adjoint):
     p = jnp.array([10.0, 28.0, 8.0 / 3.0])
     y0 = jnp.array([1.0, 1.0, 1.0])
-    ts = jnp.linspace(0.0, t_end, 5)
+    ts = jnp.linspace(0.0, t_end, 5)  # concrete, closed over: dt0 sets the step count
 
-    def loss(p, y0, adjoint):
+    def loss(p, y0):
         ys = js.odeint(lorenz, y0, ts, p, solver=solver, adjoint=adjoint, dt0=1e-3)
         return jnp.sum(ys[-1] ** 2)
 
-    ref = jax.grad(loss, argnums=(0, 1))(p, y0, js.StoreAll())
-    ours = jax.grad(loss, argnums=(0, 1))(p, y0, adjoint)
-    return ours, ref
+    # Compiled whole: one compilation instead of one per eagerly run loop.
+    return jax.jit(jax.grad(loss, argnums=(0, 1)))(p, y0)
+
+
+_LORENZ_STORE_ALL = {}  # the reference, per solver and span, shared by the tests
+
+
+def _lorenz_gradients(solver, t_end, adjoint=None):
+    adjoint = js.ReversibleAdjoint() if adjoint is None else adjoint
+    ours = _lorenz_gradient(solver, t_end, adjoint)
+    key = (str(solver), t_end)
+    if key not in _LORENZ_STORE_ALL:
+        _LORENZ_STORE_ALL[key] = _lorenz_gradient(solver, t_end, js.StoreAll())
+    return ours, _LORENZ_STORE_ALL[key]
 
 
 def _max_rel_error(ours, ref):
@@ -287,26 +314,60 @@ def _matrix_problem():
     vf, params = mlp_ode(jax.random.key(3))
     y0 = jnp.array([0.3, -0.7])
     ts = jnp.linspace(0.0, 1.0, 4)
-    return vf, params, y0, ts
+    v = jax.tree.map(lambda x: jnp.cos(jnp.arange(x.size).reshape(x.shape)), params)
+    return vf, params, y0, ts, v
+
+
+def _matrix_loss(solver, adjoint):
+    vf, _, y0, ts, _ = _matrix_problem()
+
+    def loss(p):
+        ys = js.odeint(vf, y0, ts, p, solver=solver, adjoint=adjoint, steps_per_interval=20)
+        return jnp.sum(jnp.sin(ys))
+
+    return loss
+
+
+# The references differentiate the StoreAll solve of each solver. They depend on the
+# solver only, so adjoints sharing a solver share them (keyed on its repr), and each is
+# one compiled function evaluated at several points.
+_MATRIX_SOLVERS = {str(solver): solver for _, solver in ADJOINTS.values()}
+
+
+@functools.cache
+def _store_all_loss(solver_key):
+    return jax.jit(_matrix_loss(_MATRIX_SOLVERS[solver_key], js.StoreAll()))
+
+
+@functools.cache
+def _store_all_grad(solver_key):
+    return jax.jit(jax.grad(_matrix_loss(_MATRIX_SOLVERS[solver_key], js.StoreAll())))
+
+
+@functools.cache
+def _fd_directional_derivative(solver_key):
+    _, params, _, _, v = _matrix_problem()
+    return float(finite_difference_jvp(_store_all_loss(solver_key), (params,), (v,), eps=1e-5))
+
+
+@functools.cache
+def _fd_hvp(solver_key):
+    _, params, _, _, v = _matrix_problem()
+    return finite_difference_jvp(_store_all_grad(solver_key), (params,), (v,), eps=1e-5)
 
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("adjoint_name", list(ADJOINTS))
 def test_every_adjoint_in_every_mode(adjoint_name, mode):
     adjoint, solver = ADJOINTS[adjoint_name]
-    vf, params, y0, ts = _matrix_problem()
-
-    def loss(p, adj=adjoint):
-        ys = js.odeint(vf, y0, ts, p, solver=solver, adjoint=adj, steps_per_interval=20)
-        return jnp.sum(jnp.sin(ys))
-
-    v = jax.tree.map(lambda x: jnp.cos(jnp.arange(x.size).reshape(x.shape)), params)
+    _, params, _, _, v = _matrix_problem()
+    loss = _matrix_loss(solver, adjoint)
     # References: central differences of the same discrete solve (eps 1e-5 in float64:
     # truncation ~1e-10, round-off ~1e-11), and for second order differences of the
-    # StoreAll gradient. Tolerance 1e-6 relative covers both.
-    fd = finite_difference_jvp(loss, (params,), (v,), eps=1e-5)
-    grad_store = jax.grad(functools.partial(loss, adj=js.StoreAll()))
-    fd_hvp = finite_difference_jvp(grad_store, (params,), (v,), eps=1e-5)
+    # StoreAll gradient. Tolerance 1e-6 relative covers both. Each is computed only in
+    # the modes that use it.
+    fd = lambda: _fd_directional_derivative(str(solver))
+    fd_hvp = lambda: _fd_hvp(str(solver))
 
     def dot(a, b):
         return sum(
@@ -315,26 +376,29 @@ def test_every_adjoint_in_every_mode(adjoint_name, mode):
 
     rtol = REVERSE_RTOL.get(adjoint_name, 1e-6)
     if mode == "grad":
-        assert float(dot(jax.grad(loss)(params), v)) == pytest.approx(float(fd), rel=rtol)
+        assert float(dot(jax.grad(loss)(params), v)) == pytest.approx(fd(), rel=rtol)
     elif mode == "jvp":
-        assert float(jax.jvp(loss, (params,), (v,))[1]) == pytest.approx(float(fd), rel=1e-6)
+        assert float(jax.jvp(loss, (params,), (v,))[1]) == pytest.approx(fd(), rel=1e-6)
     elif mode == "jacfwd":
         jac = jax.jacfwd(loss)(params)
-        assert float(dot(jac, v)) == pytest.approx(float(fd), rel=1e-6)
+        assert float(dot(jac, v)) == pytest.approx(fd(), rel=1e-6)
     elif mode == "hvp":
         hv = jax.jvp(jax.grad(loss), (params,), (v,))[1]
-        assert_tree_allclose(hv, fd_hvp, rtol=10 * rtol, atol=1e-7)
+        assert_tree_allclose(hv, fd_hvp(), rtol=10 * rtol, atol=1e-7)
     elif mode == "reverse_over_reverse":
         hv = jax.grad(lambda p: dot(jax.grad(loss)(p), v))(params)
-        assert_tree_allclose(hv, fd_hvp, rtol=10 * rtol, atol=1e-7)
+        assert_tree_allclose(hv, fd_hvp(), rtol=10 * rtol, atol=1e-7)
     elif mode == "vmap":
+        # Against the unbatched (compiled) StoreAll gradient at each scale.
         scales = jnp.array([1.0, 0.5])
-        ours = jax.vmap(lambda s: jax.grad(loss)(jax.tree.map(lambda x: s * x, params)))(scales)
-        ref = jax.vmap(lambda s: grad_store(jax.tree.map(lambda x: s * x, params)))(scales)
+        scaled = lambda s: jax.tree.map(lambda x: s * x, params)
+        ours = jax.vmap(lambda s: jax.grad(loss)(scaled(s)))(scales)
+        grad_store = _store_all_grad(str(solver))
+        ref = jax.tree.map(lambda *xs: jnp.stack(xs), *(grad_store(scaled(s)) for s in scales))
         assert_tree_allclose(ours, ref, rtol=max(1e-9, rtol), atol=1e-12)
     else:
         ours = jax.jit(jax.grad(loss))(params)
-        assert float(dot(ours, v)) == pytest.approx(float(fd), rel=rtol)
+        assert float(dot(ours, v)) == pytest.approx(fd(), rel=rtol)
 
 
 def test_derivatives_reach_closed_over_parameters(getkey):

@@ -5,6 +5,8 @@ The whole module runs under strict dtype promotion (as diffrax's tests do): any
 implicit promotion inside the solvers raises.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -137,14 +139,21 @@ def test_adaptive_adjoints_match_the_closed_form(name):
     adjoint, solver = ADAPTIVE_ADJOINTS[name]
     ts = jnp.linspace(0.0, 6.0, 7)
     loss, exact = _rotation_loss(adjoint, solver, ts)
-    w = jnp.asarray(1.3)
-    assert_tree_allclose(jax.grad(loss)(w), jax.grad(exact)(w), rtol=1e-6, atol=1e-7)
-    _, tangent = jax.jvp(loss, (w,), (jnp.asarray(1.0),))
+    w, y0 = jnp.asarray(1.3), jnp.array([1.0, 0.5])
+
+    def derivatives(w, y0):
+        # All four in one compiled program (eager, each would compile its own loops).
+        grad = jax.grad(loss)(w, y0)
+        tangent = jax.jvp(lambda w: loss(w, y0), (w,), (jnp.asarray(1.0),))[1]
+        hvp = jax.jvp(jax.grad(lambda w: loss(w, y0)), (w,), (jnp.asarray(1.0),))[1]
+        # With respect to the initial state as well.
+        g_y0 = jax.grad(lambda y0: loss(w, y0))(y0)
+        return grad, tangent, hvp, g_y0
+
+    grad, tangent, hvp, g_y0 = jax.jit(derivatives)(w, y0)
+    assert_tree_allclose(grad, jax.grad(exact)(w), rtol=1e-6, atol=1e-7)
     assert_tree_allclose(tangent, jax.grad(exact)(w), rtol=1e-6, atol=1e-7)
-    hvp = jax.jvp(jax.grad(loss), (w,), (jnp.asarray(1.0),))[1]
     assert_tree_allclose(hvp, jax.hessian(exact)(w), rtol=1e-5, atol=1e-6)
-    # With respect to the initial state as well.
-    g_y0 = jax.grad(lambda y0: loss(w, y0))(jnp.array([1.0, 0.5]))
     assert_tree_allclose(
         g_y0, jax.grad(lambda y0: exact(w, y0))(jnp.array([1.0, 0.5])), rtol=1e-6, atol=1e-7
     )
@@ -350,7 +359,7 @@ def _lv_gradient(solver, adjoint):
         )
         return jnp.sum(ys[-1])
 
-    return jax.grad(loss)
+    return jax.jit(jax.grad(loss))  # one compilation (eager: one per loop run)
 
 
 def test_float32_reversible_gradient_is_right_or_raises(float32):
@@ -370,30 +379,52 @@ def test_float32_reversible_gradient_is_right_or_raises(float32):
     assert rel < 1e-2, rel
 
 
+def _lorenz(t, y, p):
+    return jnp.stack([p[0] * (y[1] - y[0]), y[0] * (p[1] - y[2]) - y[1], y[0] * y[1] - p[2] * y[2]])
+
+
+_LORENZ_P = jnp.array([10.0, 28.0, 8.0 / 3.0])
+_LORENZ_TS = jnp.linspace(0.0, 1.0, 5)
+
+
+def _lorenz_loss(adjoint):
+    def loss(p):
+        ys = js.odeint(
+            _lorenz,
+            jnp.ones(3),
+            _LORENZ_TS,
+            p,
+            solver=js.ReversibleHeun(),
+            adjoint=adjoint,
+            dt0=1e-3,
+        )
+        return jnp.sum(ys[-1] ** 2)
+
+    return loss
+
+
+@functools.cache
+def _lorenz_store_all_gradient():
+    # The same reference for every checkpoint count: computed once.
+    return jax.jit(jax.grad(_lorenz_loss(js.StoreAll())))(_LORENZ_P)
+
+
 @pytest.mark.parametrize("checkpoints", [None, 8, 16, 64])
 def test_reconstruction_error_bounds_the_gradient_error(checkpoints):
     # float64 Lorenz with reversible Heun: the reported reconstruction error (drift of
     # the reconstructed states) bounds the gradient's error against StoreAll of the
     # same solver, here within a factor 10 (measured ratio <= 7) plus the round-off
     # floor of the chaotic gradient itself (~1e-10).
-    lorenz = lambda t, y, p: jnp.stack(
-        [p[0] * (y[1] - y[0]), y[0] * (p[1] - y[2]) - y[1], y[0] * y[1] - p[2] * y[2]]
-    )
-    p = jnp.array([10.0, 28.0, 8.0 / 3.0])
-    ts = jnp.linspace(0.0, 1.0, 5)
-    solver = js.ReversibleHeun()
+    p, ts, solver = _LORENZ_P, _LORENZ_TS, js.ReversibleHeun()
     adjoint = js.ReversibleAdjoint(checkpoints=checkpoints, max_reconstruction_error=1.0)
 
-    def loss(p, adjoint):
-        return jnp.sum(
-            js.odeint(lorenz, jnp.ones(3), ts, p, solver=solver, adjoint=adjoint, dt0=1e-3)[-1] ** 2
+    ref = _lorenz_store_all_gradient()
+    ours = jax.jit(jax.grad(_lorenz_loss(adjoint)))(p)
+    _, stats = jax.jit(
+        lambda p: js.odeint(
+            _lorenz, jnp.ones(3), ts, p, solver=solver, adjoint=adjoint, dt0=1e-3, return_stats=True
         )
-
-    ref = jax.grad(loss)(p, js.StoreAll())
-    ours = jax.grad(loss)(p, adjoint)
-    _, stats = js.odeint(
-        lorenz, jnp.ones(3), ts, p, solver=solver, adjoint=adjoint, dt0=1e-3, return_stats=True
-    )
+    )(p)
     drift = float(stats["reconstruction_error"])
     rel = float(jnp.max(jnp.abs(ours - ref)) / jnp.max(jnp.abs(ref)))
     assert rel <= 10 * drift + 1e-9, (rel, drift)

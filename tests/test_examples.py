@@ -125,9 +125,10 @@ def test_deq_implicit_gradient_matches_unrolled():
     X, y = jnp.asarray(X_tr[:24]), jnp.asarray(y_tr[:24])
     params = deq.init_params(jax.random.key(1), hidden=16, dtype=jnp.float64)
     params["W"] = 3.0 * params["W"]  # well above the cap, so the rescaling is exercised
-    implicit = jax.grad(lambda p: deq.loss_fn(p, X, y, tol=1e-13)[0])(params)
+    # Both gradients jitted: eager, each would be many small dispatches and compiles.
+    implicit = jax.jit(jax.grad(lambda p: deq.loss_fn(p, X, y, tol=1e-13)[0]))(params)
     # The layer is a 0.9-contraction: 400 unrolled iterations are exact to ~0.9^400.
-    unrolled = jax.grad(lambda p: deq.unrolled_loss(p, X, y, num_iters=400))(params)
+    unrolled = jax.jit(jax.grad(lambda p: deq.unrolled_loss(p, X, y, num_iters=400)))(params)
     for name in params:
         assert rel_err(implicit[name], unrolled[name]) < 1e-8, name
 
@@ -160,8 +161,9 @@ def test_distillation_hypergradient_matches_finite_differences():
     key_a, key_b = jax.random.split(jax.random.key(3))
     image_logits = jax.random.normal(key_a, (10, 64), jnp.float64)
     direction = jax.random.normal(key_b, (10, 64), jnp.float64)
-    loss = lambda z: dist.outer_loss(z, X, y, tol=1e-12)[0]
-    directional = jnp.vdot(jax.grad(loss)(image_logits), direction)
+    # Jitted: compiled once for both difference points (eager: traced and run op by op).
+    loss = jax.jit(lambda z: dist.outer_loss(z, X, y, tol=1e-12)[0])
+    directional = jnp.vdot(jax.jit(jax.grad(loss))(image_logits), direction)
     eps = 1e-5
     fd = (loss(image_logits + eps * direction) - loss(image_logits - eps * direction)) / (2 * eps)
     # Inner gradient norm <= 1e-12 with strong convexity L2 = 0.1 bounds the solution
@@ -207,10 +209,11 @@ def test_md_reverse_mode_matches_finite_differences(small_packing):
     md, system, sigma = small_packing
     x0 = system.anchor
 
+    @jax.jit  # compiled once for both difference points
     def observable(s, start):
         return md.mean_squared_displacement(md.relax(start, s, system), system)
 
-    grad = jax.grad(observable)(sigma, x0)
+    grad = jax.jit(jax.grad(observable))(sigma, x0)
     x_star = md.relax(x0, sigma, system)
     h = 1e-5
     # Warm-started at x* so both sides stay in x*'s basin.
