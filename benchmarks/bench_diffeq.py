@@ -20,9 +20,10 @@ d. Adaptive forward solve, float64, ``Dopri5`` with ``rtol = atol`` in {1e-4, 1e
    diffrax; and our time with ``max_steps=16384`` over ``max_steps=512``.
 e. Adaptive gradient (``rtol = atol = 1e-6``, float64 and float32) on the same problems:
    ours ``Reversible(Dopri5())`` + ``ReversibleAdjoint``, ``Dopri5`` + ``Checkpointed(16)``
-   and + ``StoreAll`` against diffrax ``Dopri5`` + ``RecursiveCheckpointAdjoint``: steps,
-   times, ratios, gradient differences; and the compiled peak memory of the gradients on
-   a linear oscillator at about 1,000 and 10,000 adaptive steps (``max_steps=16384``).
+   (one and three levels) and + ``StoreAll`` against diffrax ``Dopri5`` +
+   ``RecursiveCheckpointAdjoint``: steps, times, ratios, gradient differences; and the
+   compiled peak memory of the gradients on a linear oscillator at about 1,000 and
+   10,000 adaptive steps (``max_steps=16384``).
 f. Float32 gradient error of ``ReversibleAdjoint`` (default, check disabled, and with
    8/32/128 checkpoints) against float32 and float64 ``StoreAll`` on Lotka-Volterra,
    Lorenz and the neural ODE, for ``Reversible(RK4())``, ``ReversibleHeun()`` and
@@ -709,6 +710,10 @@ def adaptive_gradient(
                         "ours",
                         ours_adaptive(vf, ts, tol, adjoint=jaxsecond.Checkpointed(16)),
                     ),
+                    "ours Dopri5 + Checkpointed(16, levels=3)": (
+                        "ours",
+                        ours_adaptive(vf, ts, tol, adjoint=jaxsecond.Checkpointed(16, levels=3)),
+                    ),
                     "ours Dopri5 + StoreAll": (
                         "ours",
                         ours_adaptive(vf, ts, tol, adjoint=jaxsecond.StoreAll()),
@@ -811,6 +816,16 @@ def adaptive_memory(*, rounds: int, repeats: int, full: bool = True) -> tuple[li
                     "ours",
                     ours_adaptive(
                         oscillator, ts, tol, adjoint=jaxsecond.Checkpointed(16), max_steps=max_steps
+                    ),
+                ),
+                "ours Dopri5 + Checkpointed(16, levels=3)": (
+                    "ours",
+                    ours_adaptive(
+                        oscillator,
+                        ts,
+                        tol,
+                        adjoint=jaxsecond.Checkpointed(16, levels=3),
+                        max_steps=max_steps,
                     ),
                 ),
                 "ours Dopri5 + StoreAll": (
@@ -1259,7 +1274,8 @@ def run(quick: bool) -> str:
         + f", `rtol = atol = {GRAD_TOL:g}`, in float64 and float32 (the float32 problems "
         "cast). Ours: `Reversible(Dopri5())` with `ReversibleAdjoint()` (if that refuses "
         "the gradient, also `ReversibleAdjoint(checkpoints=16)`), and `Dopri5()` with "
-        "`Checkpointed(16)` and with `StoreAll()`; diffrax: `Dopri5()` with "
+        "`Checkpointed(16)` (one level, and three: recursive checkpointing) and with "
+        "`StoreAll()`; diffrax: `Dopri5()` with "
         "`RecursiveCheckpointAdjoint()` (its default). `Reversible(Dopri5)` is another "
         "scheme than `Dopri5` (two base steps per step, no stage reused), so it takes "
         "other steps; the drift column is its `reconstruction_error` statistic. Times are "

@@ -119,17 +119,34 @@ class Checkpointed(AbstractAdjoint):
     Fixed steps: ``num_checkpoints`` per output interval (``jax.checkpoint``); reverse-mode
     memory ``(len(ts) - 1) * num_checkpoints`` saved states plus the intermediates of
     ``ceil(steps_per_interval / num_checkpoints)`` recomputed steps, minimal near
-    ``num_checkpoints = sqrt(steps_per_interval)``. Adaptive steps: at most
-    ``num_checkpoints`` (rounded up to even) over the whole solve, spread evenly
-    whatever the number of steps, plus one segment of at most about ``2 max_steps /
-    num_checkpoints`` states recomputed at a time. Compute: about one extra forward
-    pass. Exact discrete gradients, as :class:`StoreAll`.
+    ``num_checkpoints = sqrt(steps_per_interval)``.
+
+    Adaptive steps: at most ``k = num_checkpoints`` (rounded up to even) states over the
+    whole solve, spread evenly whatever the number of steps taken. With ``levels = 1``
+    each segment between them (at most about ``2 max_steps / k`` steps) is recomputed
+    into a buffer and walked back. Each further level checkpoints the segments again
+    (recursive checkpointing): ``k`` more states and one more forward pass per level,
+    segments about ``k / 2`` times shorter, so the states held are at most ``levels * k``
+    plus one segment of about ``2^levels max_steps / k^levels``. With ``levels`` near
+    ``log(max_steps) / log(k / 2)`` memory is bounded by the checkpoints alone, for
+    ``levels`` extra forward passes. Exact discrete gradients, as :class:`StoreAll`.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, jaxsecond
+        >>> solve = lambda a, adjoint: jaxsecond.odeint(
+        ...     lambda t, y, a: -a * y, jnp.array([1.0]), jnp.array([0.0, 1.0]), a,
+        ...     solver=jaxsecond.Dopri5(), rtol=1e-8, atol=1e-8, adjoint=adjoint)[-1, 0]
+        >>> g = jax.grad(solve)(2.0, jaxsecond.Checkpointed(4, levels=3))
+        >>> bool(jnp.allclose(g, jax.grad(solve)(2.0, jaxsecond.StoreAll()), rtol=1e-12))
+        True
     """
 
     num_checkpoints: int = 4
+    levels: int = 1
 
     def __check_init__(self):
         check_count(self.num_checkpoints, "num_checkpoints")
+        check_count(self.levels, "levels")
 
     def solve(self, solver, term, y0, args, ts, stepping):
         if isinstance(stepping, int):
@@ -138,7 +155,7 @@ class Checkpointed(AbstractAdjoint):
 
     def backward(self, solver, grid, final, term, y0, args, ct_ys, ct_final):
         slots = max(2, self.num_checkpoints + self.num_checkpoints % 2)
-        return _stored_backward(solver, grid, term, y0, args, ct_ys, ct_final, slots)
+        return _stored_backward(solver, grid, term, y0, args, ct_ys, ct_final, slots, self.levels)
 
 
 class ReversibleAdjoint(AbstractAdjoint):
@@ -529,25 +546,26 @@ def _check_reconstruction(adjoint, error, cotangents, dtype):
     return eqx.branched_error_if(cotangents, bad, index, messages)
 
 
-def _stored_backward(solver, grid, term, y0, args, ct_ys, ct_final, slots):
-    """Reverse pass from stored states: at most ``slots`` checkpoints, each segment
-    between them recomputed once, then walked back step by step."""
-    checkpoints, _ = record_checkpoints(grid, solver, term, y0, args, slots)
-    length = max_stride(_recorded_steps(grid), slots)
+def _stored_backward(solver, grid, term, y0, args, ct_ys, ct_final, slots, levels=1):
+    """Reverse pass from stored states: at most ``slots`` checkpoints over the solve;
+    each segment between them is, with ``levels = 1``, recomputed once into a buffer and
+    walked back step by step, and with more levels checkpointed again the same way
+    (recursive checkpointing: ``slots`` more states per level, one more forward pass
+    per level, segments shorter by about ``slots / 2`` per level)."""
     n = grid.num_steps
-    stride = checkpoints.stride
     theta = (term, args)
     ct_y_end, ct_state_end = ct_final
-    state_like = jax.tree.map(lambda b: b[0], checkpoints.states)
+    state0 = solver.init(term, grid.t_start, y0, args)
+    # Static bounds on the segment length at each level (the top one is the solve).
+    lengths = [_recorded_steps(grid)]
+    for _ in range(levels):
+        lengths.append(max_stride(lengths[-1], slots))
 
-    def segment_back(r, carry):
-        ct, o = carry
-        c = checkpoints.count - 1 - r
-        start = c * stride
-        stop = jnp.minimum(start + stride, n)
-        first = jax.tree.map(lambda b: b[c], (checkpoints.ys, checkpoints.states))
-        # States at the start of each step of the segment.
-        buffer = jax.tree.map(lambda x: jnp.zeros((length, *x.shape), x.dtype).at[0].set(x), first)
+    def leaf_back(start, stop, first, carry):
+        # Recompute the states at the start of each step of the segment, then walk back.
+        buffer = jax.tree.map(
+            lambda x: jnp.zeros((lengths[-1], *x.shape), x.dtype).at[0].set(x), first
+        )
 
         def fill(k, t0, t1, c_):
             (y, state), buffer = c_
@@ -575,12 +593,29 @@ def _stored_backward(solver, grid, term, y0, args, ct_ys, ct_final, slots):
                 _accumulate(ct_theta, d_th),
             )
 
+        ct, o = carry
         return walk_backward_range(
             grid, step_back, ct, ct_ys, _add_to_ct_y(0), start, stop, o, add_dense
         )
 
-    ct0 = (ct_y_end, _fill(ct_state_end, state_like), _theta_zeros(theta))
-    ct, _ = jax.lax.fori_loop(0, checkpoints.count, segment_back, (ct0, grid.last_output))
+    def segment_back(level, start, stop, first, carry):
+        if level == 0:
+            return leaf_back(start, stop, first, carry)
+        book, _ = record_checkpoints(
+            grid, solver, term, first[0], args, slots, start, stop, first[1]
+        )
+
+        def back(r, carry):
+            c = book.count - 1 - r
+            sub_start = book.positions[c]
+            sub_stop = jnp.minimum(sub_start + book.stride, stop)
+            sub_first = jax.tree.map(lambda b: b[c], (book.ys, book.states))
+            return segment_back(level - 1, sub_start, sub_stop, sub_first, carry)
+
+        return jax.lax.fori_loop(0, book.count, back, carry)
+
+    ct0 = (ct_y_end, _fill(ct_state_end, state0), _theta_zeros(theta))
+    ct, _ = segment_back(levels, jnp.int32(0), n, (y0, state0), (ct0, grid.last_output))
     ct_y, ct_state, ct_theta = _add_to_ct_y(0)(ct, jax.tree.map(lambda c: c[0], ct_ys), True, 0)
     ct_y_init, ct_th = _init_vjp(solver, grid, term, y0, args, ct_state)
     ct_theta = _accumulate(ct_theta, ct_th)

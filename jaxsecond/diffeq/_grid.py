@@ -227,17 +227,21 @@ class Checkpoints(eqx.Module):
     stride: jax.Array
 
 
-def record_checkpoints(grid, solver, term, y0, args, slots: int):
+def record_checkpoints(grid, solver, term, y0, args, slots: int, start=0, stop=None, state0=None):
     """Solve on ``grid`` keeping at most ``slots`` states: every step while they fit,
     then every 2nd, 4th, ... (when the slots fill up, every other one is dropped and the
     stride doubles). Works without knowing the number of steps in advance; segments
     between checkpoints are at most :func:`max_stride` steps long.
 
+    With ``start``/``stop`` only steps ``start .. stop - 1`` are taken, from ``(y0,
+    state0)`` at step ``start`` (positions stay absolute step counts).
+
     Returns ``(checkpoints, (y_end, state_end))``.
     """
     if slots < 2 or slots % 2:
         raise ValueError(f"checkpoint slots must be an even number >= 2, got {slots}")
-    state0 = solver.init(term, grid.t_start, y0, args)
+    if state0 is None:
+        state0 = solver.init(term, grid.t_start, y0, args)
     buffer = lambda tree: jax.tree.map(
         lambda x: jnp.zeros((slots + 1, *x.shape), x.dtype).at[0].set(x), tree
     )
@@ -256,7 +260,7 @@ def record_checkpoints(grid, solver, term, y0, args, slots: int):
     def step(k, t0, t1, carry):
         y, state, (positions, ys, states, count, stride) = carry
         y, state = solver.step(term, t0, t1, y, state, args, term.control(t0, t1, k))
-        store = (k + 1) % stride == 0
+        store = (k + 1 - start) % stride == 0
         slot = jnp.where(store, count, slots)
         positions = positions.at[slot].set(k + 1)
         ys, states = _write(ys, slot, y), _write(states, slot, state)
@@ -266,9 +270,9 @@ def record_checkpoints(grid, solver, term, y0, args, slots: int):
         )
         return y, state, book
 
-    positions = jnp.full((slots + 1,), -1, jnp.int32).at[0].set(0)
+    positions = jnp.full((slots + 1,), -1, jnp.int32).at[0].set(start)
     book = (positions, buffer(y0), buffer(state0), jnp.int32(1), jnp.int32(1))
-    y, state, book = walk_forward(grid, step, (y0, state0, book))
+    y, state, book = walk_forward(grid, step, (y0, state0, book), start, stop)
     positions, ys, states, count, stride = book
     return Checkpoints(positions, ys, states, count, stride), (y, state)
 
