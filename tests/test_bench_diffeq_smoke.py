@@ -96,6 +96,7 @@ def test_diffrax_gradient_matches_ours(bench):
         assert bench._harness.max_rel_error(theirs, ours) < 1e-9
 
 
+@pytest.mark.slow  # compiles diffrax's SDE adjoints (about a minute); the benchmark runs them
 def test_sde_contenders_run_and_agree_in_shape(bench):
     params, y0, ts = bench.make_problem(jnp.float32, seed=0, batch=2)
     grads = {

@@ -116,6 +116,7 @@ def _adaptive_loss(vf, y0, ts, solver, adjoint, max_steps=64):
     return loss
 
 
+@pytest.mark.slow  # the default run checks the same on test_diffeq_adaptive's rotation
 def test_adaptive_reversible_adjoint_equals_store_all(getkey):
     vf, params = mlp_ode(getkey())
     y0, ts = jnp.array([1.0, -0.5]), jnp.array([0.0, 0.7, 2.0, 3.0])

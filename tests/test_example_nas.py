@@ -62,24 +62,12 @@ def test_rarts_digits_run(rd, tmp_path):
 
 def test_width_search_and_pruning(ws):
     config = dataclasses.replace(ws.QUICK, search_steps=40, epochs=4)
-    data = ws.load_data(0)
-    widths, history, _ = ws.search_widths(0, data, config)
+    result = ws.run_seed(0, config)
+    widths, history = result.searched_widths, result.history
     assert all(w in c for w, c in zip(widths, ws.CANDIDATES, strict=True))
     assert len(history) == len(ws.CANDIDATES) and history[0].shape == (40, 4)
     # The size penalty pushes every layer's weights away from uniform.
     assert all(not np.allclose(h[-1], h[0]) for h in history)
-    budget = nas.count_parameters(widths, in_channels=1, num_classes=10)
-    result = ws.run_seed(0, config)
-    assert result.searched_params == nas.count_parameters(
-        result.searched_widths, in_channels=1, num_classes=10
-    )
+    assert result.searched_params == nas.count_parameters(widths, in_channels=1, num_classes=10)
     assert result.pruned_params <= result.searched_params
     assert result.searched_accuracy > 0.5 and result.pruned_accuracy > 0.5
-    assert budget > 0
-
-
-@pytest.mark.slow
-def test_width_search_run(ws, tmp_path):
-    result = ws.run(tmp_path)
-    assert (tmp_path / "width_search.png").stat().st_size > 10_000
-    assert "RARTS widths" in result.key_figure

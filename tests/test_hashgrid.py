@@ -77,37 +77,37 @@ def test_pallas_path_equals_xla_path_to_second_order(dim, features):
     xs = _points(dim=dim)
     w = jax.random.normal(jax.random.key(3), (xla.out_size,))
     tables = xla.tables
-    assert_tree_allclose(pallas(xs), xla(xs), rtol=RTOL, atol=ATOL)
-
-    fit = lambda enc: lambda t, w: jnp.sum(jax.vmap(lambda x: _sdf(enc, t, w, x))(xs) ** 2)
-    eik = lambda enc: lambda t, w: _eikonal(enc, t, w, xs)
-    for make in (fit, eik):
-        f_x, f_p = make(xla), make(pallas)
-        # First order: tables and MLP weights (the Eikonal one runs the double backward).
-        assert_tree_allclose(
-            jax.grad(f_p, argnums=(0, 1))(tables, w),
-            jax.grad(f_x, argnums=(0, 1))(tables, w),
-            rtol=RTOL,
-            atol=ATOL,
-        )
-        # Hessian-vector products w.r.t. the tables: forward-over-reverse and
-        # reverse-over-reverse.
-        v = jax.random.normal(jax.random.key(4), tables.shape)
-        ref = js.hvp(lambda t: f_x(t, w), tables, v)
-        assert_tree_allclose(js.hvp(lambda t: f_p(t, w), tables, v), ref, rtol=1e-9, atol=1e-10)
-        rr = jax.grad(lambda t: jnp.vdot(jax.grad(f_p)(t, w), v))(tables)
-        assert_tree_allclose(rr, ref, rtol=1e-9, atol=1e-10)
-
-    # Spatial derivatives: gradient, forward mode and the Hessian in x.
-    field = lambda enc: lambda x: _sdf(enc, tables, w, x)
+    v = jax.random.normal(jax.random.key(4), tables.shape)
     x0 = xs[0]
-    assert_tree_allclose(jax.grad(field(pallas))(x0), jax.grad(field(xla))(x0), rtol=RTOL)
-    assert_tree_allclose(
-        jax.jvp(field(pallas), (x0,), (jnp.ones(dim),))[1],
-        jax.jvp(field(xla), (x0,), (jnp.ones(dim),))[1],
-        rtol=RTOL,
-    )
-    assert_tree_allclose(jax.hessian(field(pallas))(x0), jax.hessian(field(xla))(x0), rtol=1e-9)
+
+    def derivatives(enc, tables, w):
+        # Everything compared, for one backend, in one compiled program (eagerly, the
+        # Pallas interpreter runs op by op).
+        fit = lambda t, w: jnp.sum(jax.vmap(lambda x: _sdf(enc, t, w, x))(xs) ** 2)
+        eik = lambda t, w: _eikonal(enc, t, w, xs)
+        out = {"value": enc(xs)}
+        for name, f in (("fit", fit), ("eikonal", eik)):
+            # First order: tables and MLP weights (the Eikonal one runs the double
+            # backward); Hessian-vector products w.r.t. the tables, forward-over-reverse
+            # and reverse-over-reverse.
+            out[f"{name} grad"] = jax.grad(f, argnums=(0, 1))(tables, w)
+            out[f"{name} hvp"] = js.hvp(lambda t: f(t, w), tables, v)
+            out[f"{name} rr"] = jax.grad(lambda t: jnp.vdot(jax.grad(f)(t, w), v))(tables)
+        # Spatial derivatives: gradient, forward mode and the Hessian in x.
+        field = lambda x: _sdf(enc, tables, w, x)
+        out["dx"] = jax.grad(field)(x0)
+        out["jvp_x"] = jax.jvp(field, (x0,), (jnp.ones(dim),))[1]
+        out["hessian_x"] = jax.hessian(field)(x0)
+        return out
+
+    ours = eqx.filter_jit(derivatives)(pallas, tables, w)
+    ref = eqx.filter_jit(derivatives)(xla, tables, w)
+    for key, value in ours.items():
+        second = key.endswith((" hvp", " rr")) or key == "hessian_x"
+        # The reverse-over-reverse product is compared with forward-over-reverse's.
+        expected = ref[key.replace(" rr", " hvp")]
+        rtol, atol = (1e-9, 1e-10) if second else (RTOL, ATOL)
+        assert_tree_allclose(value, expected, rtol=rtol, atol=atol)
 
 
 def test_batching_and_jit():
