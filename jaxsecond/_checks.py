@@ -3,20 +3,30 @@
 
 from __future__ import annotations
 
+import numbers
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def check_count(value, name: str, minimum: int = 1) -> int:
-    """``value`` is a Python integer ``>= minimum`` (``bool`` is refused)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    """``value`` is an integer ``>= minimum``: a Python or NumPy integer (``bool`` is
+    refused); returned as a Python ``int``."""
+    if (
+        isinstance(value, bool | np.bool_)
+        or not isinstance(value, numbers.Integral)
+        or value < minimum
+    ):
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
+    return int(value)
 
 
 def check_key(key):
     """Accept a typed key (``jax.random.key``) or a legacy ``uint32[2]`` key."""
     typed = isinstance(key, jax.Array) and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+    # Raw key data: threefry's uint32[2] (jax.random.PRNGKey); other implementations
+    # (rbg: uint32[4]) must come as typed keys, which carry their implementation.
     legacy = isinstance(key, jax.Array) and key.dtype == jnp.uint32 and key.shape == (2,)
     if not (typed and key.shape == ()) and not legacy:
         raise TypeError(f"key must be a single jax.random key (jax.random.key(seed)), got {key!r}")

@@ -63,9 +63,9 @@ def probe_product(f, dynamic, key, index, distribution: str = "rademacher"):
 def _checked(fun, params, key, num_samples, batch_size, distribution):
     f, dynamic = scalar_function(fun, params)
     check_key(key)
-    check_count(num_samples, "num_samples")
+    num_samples = check_count(num_samples, "num_samples")
     if batch_size is not None:
-        check_count(batch_size, "batch_size")
+        batch_size = check_count(batch_size, "batch_size")
     _check_distribution(distribution)
     return f, dynamic
 
@@ -241,11 +241,11 @@ def hutchpp_trace(
     """
     f, dynamic = scalar_function(fun, params)
     check_key(key)
-    check_count(num_matvecs, "num_matvecs", 3)
+    num_matvecs = check_count(num_matvecs, "num_matvecs", 3)
     if num_matvecs % 3:
         raise ValueError(f"num_matvecs must be a multiple of 3, got {num_matvecs}")
     if batch_size is not None:
-        check_count(batch_size, "batch_size")
+        batch_size = check_count(batch_size, "batch_size")
     _check_distribution(distribution)
     flat, unravel = ravel_pytree(dynamic)
     k = num_matvecs // 3

@@ -126,7 +126,7 @@ def hessian_eigenvalues(
     """
     f, dynamic = scalar_function(fun, params)
     check_key(key)
-    check_count(k, "k")
+    k = check_count(k, "k")
     if which not in WHICH:
         raise ValueError(f"which must be one of {WHICH}, got {which!r}")
     flat, unravel, matvec = _flat_hvp(f, dynamic)
@@ -135,7 +135,7 @@ def hessian_eigenvalues(
         raise ValueError(f"k={k} exceeds the number of parameters ({n})")
     if num_iters is None:
         num_iters = min(n, max(30, 3 * k))
-    check_count(num_iters, "num_iters")
+    num_iters = check_count(num_iters, "num_iters")
     if not k <= num_iters <= n:
         raise ValueError(f"num_iters must be between k={k} and the parameter count {n}")
     start_key, restart_key = jax.random.split(key)
@@ -187,15 +187,15 @@ def hessian_spectral_density(
     """
     f, dynamic = scalar_function(fun, params)
     check_key(key)
-    check_count(num_probes, "num_probes")
-    check_count(num_points, "num_points", 2)
+    num_probes = check_count(num_probes, "num_probes")
+    num_points = check_count(num_points, "num_points", 2)
     if batch_size is not None:
-        check_count(batch_size, "batch_size")
+        batch_size = check_count(batch_size, "batch_size")
     if sigma is not None and not sigma > 0:
         raise ValueError(f"sigma must be positive, got {sigma!r}")
     flat, _, matvec = _flat_hvp(f, dynamic)
     n = flat.size
-    check_count(num_iters, "num_iters")
+    num_iters = check_count(num_iters, "num_iters")
     num_iters = min(num_iters, n)
 
     def one_probe(probe_key):

@@ -130,7 +130,7 @@ def check_args(args):
 
 def _steps_per_interval(times: Times, dt0, steps_per_interval):
     if steps_per_interval is not None:
-        check_count(steps_per_interval, "steps_per_interval")
+        steps_per_interval = check_count(steps_per_interval, "steps_per_interval")
         if dt0 is not None:
             raise ValueError("give dt0 or steps_per_interval, not both")
         return steps_per_interval
@@ -190,7 +190,7 @@ def stepping_for(
         )
     if steps_per_interval is not None:
         raise ValueError("steps_per_interval is for fixed steps; with rtol/atol give dt0")
-    check_count(max_steps, "max_steps")
+    max_steps = check_count(max_steps, "max_steps")
     if dt0 is not None:
         if isinstance(dt0, int | float) and not dt0 > 0:
             raise ValueError(f"dt0 must be positive, got {dt0!r}")

@@ -172,6 +172,7 @@ def sdeint(
         drift=drift_c,
         diffusion=diffusion_c,
         key_data=jnp.asarray(key_data),
+        key_impl=str(jax.random.key_impl(key)) if typed else "threefry2x32",
         diagonal=diagonal,
         noise_shape=tuple(noise_shape),
         brownian=brownian,

@@ -75,6 +75,7 @@ class SDETerm(eqx.Module):
     brownian: object = None  # anything with evaluate(t0, t1) -> dW, e.g. diffrax's
     reflected: bool = eqx.field(static=True, default=False)  # solving in -t
     progress: int | None = eqx.field(static=True, default=None)  # see _progress.py
+    key_impl: str = eqx.field(static=True, default="threefry2x32")  # rbg keys keep theirs
 
     def control(self, t0, t1, step_index):
         """``(dt, dW)`` for step ``step_index``. Without a Brownian path object the
@@ -85,7 +86,9 @@ class SDETerm(eqx.Module):
             if self.reflected:  # W~(s) = W(-s): W~(t1) - W~(t0) = -(W(-t0) - W(-t1))
                 return dt, -self.brownian.evaluate(-t1, -t0)
             return dt, self.brownian.evaluate(t0, t1)
-        key = jax.random.fold_in(jax.random.wrap_key_data(self.key_data), step_index)
+        key = jax.random.fold_in(
+            jax.random.wrap_key_data(self.key_data, impl=self.key_impl), step_index
+        )
         dw = jnp.sqrt(jnp.abs(dt)) * jax.random.normal(key, self.noise_shape, dt.dtype)
         return dt, dw
 

@@ -9,6 +9,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from jaxsecond._checks import check_count
 from jaxsecond.encoding._primitives import encode_pallas, encode_xla
 from jaxsecond.kernels import hashgrid as kernels
 
@@ -77,6 +78,12 @@ class HashGridEncoding(eqx.Module):
     ):
         if backend not in _BACKENDS:
             raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
+        # NumPy integers are accepted (and made Python ints) before any arithmetic.
+        dim = check_count(dim, "dim")
+        num_levels = check_count(num_levels, "num_levels")
+        features_per_level = check_count(features_per_level, "features_per_level")
+        log2_hashmap_size = check_count(log2_hashmap_size, "log2_hashmap_size")
+        base_resolution = check_count(base_resolution, "base_resolution")
         if per_level_scale is None:
             if max_resolution is None:
                 raise ValueError("give max_resolution or per_level_scale")

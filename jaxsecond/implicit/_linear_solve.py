@@ -8,6 +8,7 @@ working precision.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -15,6 +16,8 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import lineax as lx
+
+from jaxsecond._checks import check_count
 
 # Above this many unknowns the automatic choice for a non-symmetric system switches
 # from dense LU (exact, but it materialises the n x n Jacobian with n JVPs) to GMRES,
@@ -53,6 +56,15 @@ def resolve_solver(
     max_steps: int | None,
 ) -> lx.AbstractLinearSolver:
     """Map ``solve=`` (``None``, a name, or a lineax solver) to a lineax solver."""
+    if max_steps is not None:
+        # An iterative solve of 0 steps returns its zero initial guess: derivatives that
+        # are silently all zeros.
+        max_steps = check_count(max_steps, "max_steps")
+    for name, tol in (("rtol", rtol), ("atol", atol)):
+        if tol is not None and (
+            isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not tol >= 0
+        ):
+            raise ValueError(f"{name} must be a real number >= 0, got {tol!r}")
     if isinstance(solve, lx.AbstractLinearSolver):
         if rtol is not None or atol is not None or max_steps is not None:
             raise ValueError(

@@ -296,6 +296,16 @@ def _check_options(symmetric, has_aux, residual_tol, preconditioner):
         )
 
 
+def _check_tuple(value, name, caller):
+    # A bare array would be iterated over (or fail as a 0-d array) deep inside.
+    if not isinstance(value, tuple | list):
+        example = "(theta,)" if name == "args" else "(d_theta,)"
+        raise TypeError(
+            f"{caller}: {name} must be a tuple with one entry per extra argument of the "
+            f"optimality function, e.g. {example} for one; got {type(value).__name__}"
+        )
+
+
 def _linear_config(solve, symmetric, sol_dyn, rtol, atol, max_steps, preconditioner):
     return LinearSolve(
         solver=resolve_solver(
@@ -538,6 +548,8 @@ def root_jvp(
         0.25
     """
     kwargs = {} if kwargs is None else kwargs
+    _check_tuple(args, "args", "root_jvp")
+    _check_tuple(tangents, "tangents", "root_jvp")
     sol = as_array_leaves(sol)
     _, sol_dyn, sol_static = _split_params(sol, "root_jvp")
     theta = as_array_leaves((tuple(args), kwargs))
@@ -593,6 +605,7 @@ def root_vjp(
         0.25
     """
     kwargs = {} if kwargs is None else kwargs
+    _check_tuple(args, "args", "root_vjp")
     sol = as_array_leaves(sol)
     _, sol_dyn, sol_static = _split_params(sol, "root_vjp")
     args = as_array_leaves(tuple(args))

@@ -26,8 +26,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxsecond._checks import check_count, check_key
 from jaxsecond._tree import describe_mismatch
-from jaxsecond.curvature._hutchinson import check_count, probe, probe_product
+from jaxsecond.curvature._hutchinson import probe, probe_product
 from jaxsecond.curvature._products import scalar_function
 
 LAYOUTS = ("oihw", "hwio", "none")
@@ -58,7 +59,7 @@ def value_grad_and_hessian_diagonal(fun: Callable, num_samples: int = 1):
         >>> print(value, grad, diag)  # diagonal Hessian: exact with one probe
         17.0 [ 4. 32.] [12. 48.]
     """
-    check_count(num_samples, "num_samples")
+    num_samples = check_count(num_samples, "num_samples")
 
     def evaluate(params, key):
         f, dynamic = scalar_function(fun, params)
@@ -162,13 +163,19 @@ def scale_by_adahessian(
         ("update_interval", update_interval),
         ("num_samples", num_samples),
         ("block_size", 1 if block_size is None else block_size),
-        ("seed", seed + 1 if isinstance(seed, int) else seed),
     ):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(
-                f"{name} must be a Python int{' >= 1' if name != 'seed' else ''}, got "
-                f"{value!r} (with optax.inject_hyperparams, list it in static_args)"
+                f"{name} must be a Python int >= 1, got {value!r} (with "
+                "optax.inject_hyperparams, list it in static_args)"
             )
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(
+            f"seed must be a Python int >= 0, got {seed!r} (with optax.inject_hyperparams, "
+            "list it in static_args)"
+        )
+    if isinstance(eps, int | float) and not eps >= 0:
+        raise ValueError(f"eps must be >= 0, got {eps!r}")
     if not (isinstance(spatial_average, tuple) or spatial_average in LAYOUTS):
         raise ValueError(
             f"spatial_average must be one of {LAYOUTS} or a tuple of axes, got {spatial_average!r}"
@@ -176,9 +183,12 @@ def scale_by_adahessian(
     for name, value in (("b1", b1), ("b2", b2)):
         if isinstance(value, int | float) and not 0 <= value < 1:
             raise ValueError(f"{name} must be in [0, 1), got {value!r}")
-    base_key = jax.random.key(seed) if key is None else key
+    base_key = jax.random.key(seed) if key is None else check_key(key)
     if not jax.dtypes.issubdtype(base_key.dtype, jax.dtypes.prng_key):
         base_key = jax.random.wrap_key_data(base_key)
+    # The state holds raw key bits; rewrapped with the key's own implementation (a
+    # threefry, rbg or unsafe_rbg key alike).
+    key_impl = jax.random.key_impl(base_key)
 
     def init_fn(params):
         dynamic = eqx.filter(params, eqx.is_inexact_array)
@@ -193,7 +203,7 @@ def scale_by_adahessian(
 
     def estimate(params, obj_fn, key_data, step):
         f, dynamic = scalar_function(obj_fn, params, name="obj_fn")
-        step_key = jax.random.fold_in(jax.random.wrap_key_data(key_data), step)
+        step_key = jax.random.fold_in(jax.random.wrap_key_data(key_data, impl=key_impl), step)
 
         samples = jax.vmap(lambda i: probe_product(f, dynamic, step_key, i))(
             jnp.arange(num_samples)

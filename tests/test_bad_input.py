@@ -1,0 +1,105 @@
+"""Careless input across the library: a right answer or an error that names the
+argument, never a silent wrong result or an error from deep inside another library."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxsecond as js
+
+
+def _quadratic(p):
+    return jnp.sum(jnp.array([1.0, 5.0]) * p**2)
+
+
+# --------------------------------------------------------------------------- counts
+
+
+def test_numpy_integer_counts_are_accepted():
+    # A count read from a NumPy array or a config file is an np.int64, not an int.
+    p, key = jnp.array([1.0, 2.0]), jax.random.key(0)
+    f = lambda x: jnp.sum(x**2)
+    # Trace of diag(2, 2) is 4 exactly (the Hessian is a multiple of the identity).
+    assert float(js.hutchinson_trace(f, p, key, np.int64(3))) == pytest.approx(4.0)
+    enc = js.HashGridEncoding(
+        dim=np.int64(2),
+        num_levels=np.int64(2),
+        log2_hashmap_size=np.int32(8),
+        base_resolution=np.int64(4),
+        max_resolution=16,
+        key=key,
+    )
+    assert enc.num_levels == 2 and type(enc.config.num_levels) is int
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.0, True])
+def test_hash_grid_resolution_must_be_a_positive_integer(bad):
+    # base_resolution = 0 used to divide by zero computing the level scale.
+    with pytest.raises(ValueError, match="base_resolution must be an integer >= 1"):
+        js.HashGridEncoding(dim=3, base_resolution=bad, key=jax.random.key(0))
+
+
+# --------------------------------------------------------------------------- implicit
+
+
+def test_iterative_solve_of_zero_steps_is_refused():
+    # max_steps=0 returned the zero initial guess: derivatives silently all zeros.
+    with pytest.raises(ValueError, match="max_steps must be an integer >= 1, got 0"):
+        js.custom_root(lambda x, a: x - a, solve="gmres", max_steps=0)
+    with pytest.raises(ValueError, match="rtol must be a real number >= 0"):
+        js.custom_root(lambda x, a: x - a, solve="gmres", rtol=-1e-6)
+
+
+def test_root_jvp_and_vjp_take_tuples_of_arguments():
+    F = lambda x, a: x**2 - a  # root sqrt(a): d sqrt(a) / da = 1 / (2 sqrt(a))
+    sol, a = jnp.array(2.0), jnp.array(4.0)
+    with pytest.raises(TypeError, match="root_jvp: args must be a tuple"):
+        js.root_jvp(F, sol, a, (jnp.array(1.0),))
+    with pytest.raises(TypeError, match="root_jvp: tangents must be a tuple"):
+        js.root_jvp(F, sol, (a,), jnp.array(1.0))
+    with pytest.raises(TypeError, match="root_vjp: args must be a tuple"):
+        js.root_vjp(F, sol, a, jnp.array(1.0))
+    # Lists are fine.
+    assert float(js.root_jvp(F, sol, [a], [jnp.array(1.0)])) == pytest.approx(0.25)
+
+
+# --------------------------------------------------------------------------- AdaHessian
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"seed": -1}, ValueError, "seed must be a Python int >= 0, got -1"),
+        ({"eps": -1e-8}, ValueError, "eps must be >= 0"),
+        ({"key": 0}, TypeError, "key must be a single jax.random key"),
+    ],
+)
+def test_adahessian_arguments(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        js.adahessian(learning_rate=0.1, **kwargs)
+
+
+@pytest.mark.parametrize("impl", ["threefry2x32", "rbg"])
+def test_keys_of_any_implementation(impl):
+    key = jax.random.key(0, impl=impl)
+    # AdaHessian: on a diagonal quadratic one probe is exact whatever the key, so the
+    # first update is the same for both implementations (Adam-like step of size lr).
+    p = jnp.array([1.0, 1.0])
+    opt = js.adahessian(learning_rate=0.1, key=key)
+    updates, state = opt.update(jax.grad(_quadratic)(p), opt.init(p), p, obj_fn=_quadratic)
+    np.testing.assert_allclose(updates, -0.1 * np.ones(2), rtol=1e-3)
+    # sdeint: the same key gives the same path, run twice; another key another path.
+    solve = lambda k: js.sdeint(
+        lambda t, y, a: -y,
+        lambda t, y, a: 0.5 * jnp.ones_like(y),
+        jnp.ones(2),
+        jnp.linspace(0.0, 1.0, 3),
+        None,
+        key=k,
+        steps_per_interval=4,
+    )
+    np.testing.assert_array_equal(solve(key), solve(key))
+    assert not np.allclose(solve(key), solve(jax.random.key(1, impl=impl)))
