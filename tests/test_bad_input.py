@@ -103,3 +103,24 @@ def test_keys_of_any_implementation(impl):
     )
     np.testing.assert_array_equal(solve(key), solve(key))
     assert not np.allclose(solve(key), solve(jax.random.key(1, impl=impl)))
+
+
+# --------------------------------------------------------------------------- parallel
+
+
+def test_data_parallel_step_refuses_empty_batches_and_first_order_optimizers():
+    import optax
+
+    from jaxsecond import parallel
+
+    mesh = jax.make_mesh((1,), ("data",))
+    loss = lambda w, batch: jnp.mean((batch[0] @ w - batch[1]) ** 2)
+    w, x = jnp.zeros(3), jnp.ones((4, 3))
+    step = parallel.data_parallel_adahessian_step(loss, js.adahessian(0.1), mesh)
+    # An empty batch used to give NaN loss and parameters.
+    with pytest.raises(ValueError, match="batch is empty"):
+        step(w, js.adahessian(0.1).init(w), (x[:0], x[:0, 0]), jax.random.key(0))
+    # optax.adam would silently drop the Hessian diagonal the step estimates.
+    adam_step = parallel.data_parallel_adahessian_step(loss, optax.adam(0.1), mesh)
+    with pytest.raises(TypeError, match="opt_state holds no AdaHessian state"):
+        adam_step(w, optax.adam(0.1).init(w), (x, x[:, 0]), jax.random.key(0))

@@ -37,6 +37,7 @@ with ``fold_in(key, i)`` and averaging.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 import equinox as eqx
@@ -48,7 +49,7 @@ from jax.sharding import PartitionSpec as P
 
 from jaxsecond.nas._common import ArchitectureSearch
 from jaxsecond.nas._rarts import rarts
-from jaxsecond.optim._adahessian import value_grad_and_hessian_diagonal
+from jaxsecond.optim._adahessian import ScaleByAdaHessianState, value_grad_and_hessian_diagonal
 
 
 def _check_mesh(mesh, axis_name) -> int:
@@ -84,11 +85,36 @@ def _check_batch(batch, num_devices: int, axis_name, name: str) -> None:
             f"{name}'s arrays must share the leading (batch) axis, got sizes {sorted(sizes)}"
         )
     (size,) = sizes
+    if size == 0:
+        raise ValueError(
+            f"{name} is empty (batch size 0): the mean loss over no examples is undefined"
+        )
     if size % num_devices:
         raise ValueError(
             f"{name} has batch size {size}, not divisible by the {num_devices} devices of "
             f"mesh axis {axis_name!r}: each device must get an equal shard (pad or drop "
             "examples)"
+        )
+
+
+def _check_uses_hessian(optimizer, opt_state) -> None:
+    # optax chains pass extra arguments only to the transformations that take them, so
+    # an optimizer without scale_by_adahessian (e.g. optax.adam) would silently drop
+    # the Hessian diagonal this step pays for. Accepted: AdaHessian somewhere in the
+    # state, or an update function that names the argument itself.
+    is_state = lambda x: isinstance(x, ScaleByAdaHessianState)
+    if any(is_state(x) for x in jax.tree.leaves(opt_state, is_leaf=is_state)):
+        return
+    try:
+        named = "hessian_diagonal" in inspect.signature(optimizer.update).parameters
+    except (TypeError, ValueError):
+        named = False
+    if not named:
+        raise TypeError(
+            "optimizer: data_parallel_adahessian_step estimates a Hessian diagonal, but "
+            "opt_state holds no AdaHessian state, so the optimizer would ignore it; use "
+            "jaxsecond.adahessian(...) or chain jaxsecond.scale_by_adahessian(...), or a "
+            "plain data-parallel gradient step for first-order optimizers"
         )
 
 
@@ -226,6 +252,7 @@ def data_parallel_adahessian_step(
 
     def step(params, opt_state, batch, key):
         _check_batch(batch, num_devices, axis_name, "batch")
+        _check_uses_hessian(optimizer, opt_state)
         return run(params, opt_state, batch, key)
 
     return step
