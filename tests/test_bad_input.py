@@ -124,3 +124,24 @@ def test_data_parallel_step_refuses_empty_batches_and_first_order_optimizers():
     adam_step = parallel.data_parallel_adahessian_step(loss, optax.adam(0.1), mesh)
     with pytest.raises(TypeError, match="opt_state holds no AdaHessian state"):
         adam_step(w, optax.adam(0.1).init(w), (x, x[:, 0]), jax.random.key(0))
+
+
+# --------------------------------------------------------------------------- hash grid
+
+
+@pytest.mark.parametrize("backend", ["xla", "pallas"])
+def test_hash_grid_takes_an_empty_batch(backend):
+    # No points: no features and a zero table gradient (the Pallas path used to fail
+    # slicing an empty block).
+    enc = js.HashGridEncoding(
+        dim=3,
+        num_levels=2,
+        log2_hashmap_size=8,
+        max_resolution=32,
+        backend=backend,
+        key=jax.random.key(0),
+    )
+    x = jnp.zeros((0, 3))
+    assert enc(x).shape == (0, enc.out_size)
+    grad = jax.grad(lambda e: jnp.sum(e(x) ** 2))(enc)
+    assert grad.tables.shape == enc.tables.shape and not np.any(np.asarray(grad.tables))

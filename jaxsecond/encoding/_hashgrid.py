@@ -34,6 +34,10 @@ class HashGridEncoding(eqx.Module):
     backward. ``"auto"``: ``pallas`` on GPU, ``xla`` elsewhere. Both backends agree to
     float round-off in values and derivatives.
 
+    Points outside ``[0, 1]^dim`` are not clamped (as in tiny-cuda-nn): their cell
+    indices wrap around, so they read unrelated rows of the tables. Scale or clip
+    inputs into the unit cube first (e.g. a scene's bounding box mapped onto it).
+
     Coarse-to-fine training (NeuS2): ``encoding(x, active_levels=k)`` outputs zeros
     for levels ``k`` and above, which then get no gradient; :func:`coarse_to_fine_levels`
     gives a schedule.
@@ -136,7 +140,8 @@ class HashGridEncoding(eqx.Module):
             raise TypeError(f"x must be floating point, got {x.dtype}")
         batch = x.shape[:-1]
         flat = x.reshape(-1, self.config.dim).astype(self.tables.dtype)
-        if self._resolved_backend() == "pallas":
+        # No points: nothing for a kernel to launch over (XLA handles the empty case).
+        if self._resolved_backend() == "pallas" and flat.shape[0] > 0:
             interpret = jax.default_backend() != "gpu"
             features = encode_pallas(flat, self.tables, config=self.config, interpret=interpret)
         else:
