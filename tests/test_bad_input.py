@@ -89,7 +89,7 @@ def test_keys_of_any_implementation(impl):
     # first update is the same for both implementations (Adam-like step of size lr).
     p = jnp.array([1.0, 1.0])
     opt = js.adahessian(learning_rate=0.1, key=key)
-    updates, state = opt.update(jax.grad(_quadratic)(p), opt.init(p), p, obj_fn=_quadratic)
+    updates, _ = opt.update(jax.grad(_quadratic)(p), opt.init(p), p, obj_fn=_quadratic)
     np.testing.assert_allclose(updates, -0.1 * np.ones(2), rtol=1e-3)
     # sdeint: the same key gives the same path, run twice; another key another path.
     solve = lambda k: js.sdeint(
