@@ -145,3 +145,27 @@ def test_hash_grid_takes_an_empty_batch(backend):
     assert enc(x).shape == (0, enc.out_size)
     grad = jax.grad(lambda e: jnp.sum(e(x) ** 2))(enc)
     assert grad.tables.shape == enc.tables.shape and not np.any(np.asarray(grad.tables))
+
+
+# --------------------------------------------------------------------------- Lanczos
+
+
+@pytest.mark.parametrize("scale", [0.5e-14, 0.5e-12, 0.5e19])
+def test_hessian_eigenvalues_are_scale_invariant_in_float32(float32, scale):
+    # Hessian diag(2 scale d): the Lanczos iteration is run on H / |H v0| and scaled back,
+    # so neither the invariance test (relative to eps) nor the norms (squares overflow
+    # float32 past ~1e19) see the scale. Tolerance: float32 round-off of a 3 x 3 problem.
+    d = jnp.array([1.0, 5.0, 3.0])
+    f = lambda x: scale * jnp.sum(d * x**2)
+    values, _ = js.hessian_eigenvalues(f, jnp.zeros(3), jax.random.key(0), k=2)
+    assert values.dtype == jnp.float32
+    np.testing.assert_allclose(values / (2 * scale), [5.0, 3.0], rtol=1e-5)
+
+
+def test_lanczos_refuses_complex_and_empty_params():
+    f = lambda x: sum(jnp.sum(jnp.abs(leaf) ** 2) for leaf in jax.tree.leaves(x))
+    for estimator in (js.hessian_eigenvalues, js.hessian_spectral_density):
+        with pytest.raises(TypeError, match="complex parameters are not supported"):
+            estimator(f, jnp.ones(3, jnp.complex64), jax.random.key(0))
+        with pytest.raises(ValueError, match="params hold no floating-point arrays"):
+            estimator(f, {"w": jnp.zeros(0)}, jax.random.key(0))

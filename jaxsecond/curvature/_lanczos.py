@@ -37,6 +37,12 @@ def _orthogonalise(w, basis):
     return w - basis.T @ (basis @ w)
 
 
+def _norm(w):
+    # Scaled, so that squares of large entries do not overflow (float32 past ~1e19).
+    m = jnp.max(jnp.abs(w))
+    return m * jnp.linalg.norm(w / jnp.where(m > 0, m, 1))
+
+
 def lanczos_tridiagonal(matvec: Callable, v0, num_iters: int, key):
     """``num_iters`` steps of Lanczos with full re-orthogonalisation.
 
@@ -44,19 +50,27 @@ def lanczos_tridiagonal(matvec: Callable, v0, num_iters: int, key):
     tridiagonal matrix ``T = basis @ H @ basis.T`` and the orthonormal basis (rows). If
     the Krylov space becomes invariant (``beta`` ~ 0) the next vector is a fresh random
     one orthogonal to the basis and ``beta`` is recorded as 0, so ``T`` stays exact.
+
+    The iteration runs on ``H / s``, with ``s = |H v0| / |v0|`` from the first product,
+    and scales ``T`` back: the invariance test and every intermediate stay near 1
+    whatever the scale of ``H`` (a Hessian of 1e-12 or 1e19 in float32 alike).
     """
     n = v0.size
     dtype = v0.dtype
-    basis = jnp.zeros((num_iters + 1, n), dtype).at[0].set(v0 / jnp.linalg.norm(v0))
+    basis = jnp.zeros((num_iters + 1, n), dtype).at[0].set(v0 / _norm(v0))
     tiny = jnp.finfo(dtype).eps
 
     def step(j, state):
-        basis, alphas, betas = state
+        basis, alphas, betas, s = state
         v = basis[j]
         w = matvec(v)
+        # The first product sets the scale (1 for a zero Hessian).
+        first = _norm(w)
+        s = jnp.where(j == 0, jnp.where(first > 0, first, 1), s).astype(s.dtype)
+        w = w / s
         alpha = jnp.vdot(v, w)
         w = _orthogonalise(w - alpha * v, basis)
-        beta = jnp.linalg.norm(w)
+        beta = _norm(w)
         scale = jnp.abs(alpha) + jnp.where(j > 0, betas[j - 1], 0.0)
         # Relative to the local scale of H, independent of n: after re-orthogonalising,
         # a vector left in an invariant subspace is round-off, a few eps of the scale.
@@ -65,20 +79,35 @@ def lanczos_tridiagonal(matvec: Callable, v0, num_iters: int, key):
         def restart():
             r = jax.random.normal(jax.random.fold_in(key, j), (n,), dtype)
             r = _orthogonalise(r, basis)
-            return r / jnp.maximum(jnp.linalg.norm(r), tiny)
+            return r / jnp.maximum(_norm(r), tiny)
 
         nxt = jax.lax.cond(invariant, restart, lambda: w / beta)
         basis = basis.at[j + 1].set(nxt)
-        return basis, alphas.at[j].set(alpha), betas.at[j].set(jnp.where(invariant, 0.0, beta))
+        beta = jnp.where(invariant, 0.0, beta)
+        return basis, alphas.at[j].set(alpha), betas.at[j].set(beta), s
 
-    init = (basis, jnp.zeros(num_iters, dtype), jnp.zeros(num_iters, dtype))
-    basis, alphas, betas = jax.lax.fori_loop(0, num_iters, step, init)
-    return alphas, betas[:-1], basis[:num_iters]
+    zeros = jnp.zeros(num_iters, dtype)
+    init = (basis, zeros, zeros, jnp.ones((), jnp.real(zeros).dtype))
+    basis, alphas, betas, s = jax.lax.fori_loop(0, num_iters, step, init)
+    return alphas * s, betas[:-1] * s, basis[:num_iters]
 
 
 def _tridiagonal_eigh(alphas, betas):
     T = jnp.diag(alphas) + jnp.diag(betas, 1) + jnp.diag(betas, -1)
     return jnp.linalg.eigh(T)
+
+
+def _check_real_and_nonempty(flat, caller) -> int:
+    if flat.size == 0:
+        raise ValueError(f"{caller}: params hold no floating-point arrays (nothing to probe)")
+    if jnp.iscomplexobj(flat):
+        # The Hessian of a real function of complex parameters is that of the real and
+        # imaginary parts; Lanczos on the complex HVP would mix them.
+        raise TypeError(
+            f"{caller}: complex parameters are not supported; split them into real and "
+            "imaginary parts (e.g. params = (z.real, z.imag))"
+        )
+    return flat.size
 
 
 def _flat_hvp(f, dynamic):
@@ -130,7 +159,7 @@ def hessian_eigenvalues(
     if which not in WHICH:
         raise ValueError(f"which must be one of {WHICH}, got {which!r}")
     flat, unravel, matvec = _flat_hvp(f, dynamic)
-    n = flat.size
+    n = _check_real_and_nonempty(flat, "hessian_eigenvalues")
     if k > n:
         raise ValueError(f"k={k} exceeds the number of parameters ({n})")
     if num_iters is None:
@@ -194,7 +223,7 @@ def hessian_spectral_density(
     if sigma is not None and not sigma > 0:
         raise ValueError(f"sigma must be positive, got {sigma!r}")
     flat, _, matvec = _flat_hvp(f, dynamic)
-    n = flat.size
+    n = _check_real_and_nonempty(flat, "hessian_spectral_density")
     num_iters = check_count(num_iters, "num_iters")
     num_iters = min(num_iters, n)
 
