@@ -169,3 +169,14 @@ def test_lanczos_refuses_complex_and_empty_params():
             estimator(f, jnp.ones(3, jnp.complex64), jax.random.key(0))
         with pytest.raises(ValueError, match="params hold no floating-point arrays"):
             estimator(f, {"w": jnp.zeros(0)}, jax.random.key(0))
+
+
+def test_adahessian_state_for_other_params_is_named():
+    opt = js.adahessian(0.1)
+    p = jnp.ones(3)
+    with pytest.raises(ValueError, match="state does not match the gradients"):
+        opt.update(jax.grad(_quadratic3)(p), opt.init(jnp.ones(4)), p, obj_fn=_quadratic3)
+
+
+def _quadratic3(p):
+    return jnp.sum(p**2)

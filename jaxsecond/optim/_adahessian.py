@@ -222,6 +222,14 @@ def scale_by_adahessian(
             raise ValueError("pass obj_fn= or hessian_diagonal=, not both")
         if obj_fn is not None and params is None:
             raise ValueError("obj_fn= needs params: call update(grads, state, params, obj_fn=...)")
+        # Structure and shapes only: gradients may come in another precision.
+        shapes = lambda tree: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, "f4"), tree)
+        problem = describe_mismatch(shapes(state.mu), shapes(grads))
+        if problem is not None:
+            raise ValueError(
+                "state does not match the gradients (was it built by init for other "
+                f"params?): gradient {problem}"
+            )
         if hessian_diagonal is not None:
             hessian_diagonal = eqx.filter(hessian_diagonal, eqx.is_inexact_array)
             problem = describe_mismatch(grads, hessian_diagonal)
