@@ -67,3 +67,12 @@ def tree_dtype(tree):
 def callable_name(fn) -> str:
     """A readable name for a user function in error messages."""
     return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
+
+
+def accumulation_dtype(dtype):
+    """The dtype linear algebra runs in for ``dtype``: float32 for half precision
+    (float16, bfloat16; LAPACK has no kernels for them and Krylov recurrences lose
+    orthogonality within a few steps in them), ``dtype`` itself otherwise."""
+    if jnp.issubdtype(dtype, jnp.floating) and jnp.finfo(dtype).bits < 32:
+        return jnp.dtype(jnp.float32)
+    return jnp.dtype(dtype)

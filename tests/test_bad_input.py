@@ -180,3 +180,39 @@ def test_adahessian_state_for_other_params_is_named():
 
 def _quadratic3(p):
     return jnp.sum(p**2)
+
+
+# --------------------------------------------------------------------------- half precision
+
+
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16])
+@pytest.mark.parametrize("solve", [None, "lu", "gmres", "bicgstab"])
+def test_implicit_derivatives_in_half_precision(dtype, solve):
+    # The linear solve accumulates in float32 around the half-precision products (LAPACK
+    # has no float16 kernels; lineax's BiCGStab also broke down on a unit right-hand
+    # side). d sqrt(a) / da = 1 / (2 sqrt(a)); tolerance: a few ulps of the dtype.
+    F = lambda x, a: x**2 - a
+    sqrt = js.custom_root(F, solve=solve)(lambda x0, a: jnp.sqrt(a))
+    a = jnp.array([4.0, 9.0], dtype)
+    jac = jax.jacobian(lambda a: sqrt(jnp.ones(2, dtype), a))(a)
+    assert jac.dtype == dtype
+    eps = float(jnp.finfo(dtype).eps)
+    np.testing.assert_allclose(np.diag(np.asarray(jac, np.float32)), [0.25, 1 / 6], rtol=4 * eps)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16])
+def test_curvature_estimators_in_half_precision(dtype):
+    # Hessian diag(1..6): trace 21, top eigenvalues 6 and 5, all exactly representable;
+    # QR, Lanczos and eigh run in float32, results come back in the params' dtype.
+    f = lambda x: 0.5 * jnp.sum(jnp.arange(1.0, 7.0).astype(dtype) * x**2)
+    x, key = jnp.zeros(6, dtype), jax.random.key(0)
+    trace = js.hutchpp_trace(f, x, key, num_matvecs=18)  # 6 sketch columns: exact
+    values, vectors = js.hessian_eigenvalues(f, x, key, k=2)
+    grid, density = js.hessian_spectral_density(f, x, key, num_iters=6)
+    for out in (trace, values, vectors, grid, density):
+        assert out.dtype == dtype
+    eps = float(jnp.finfo(dtype).eps)
+    assert float(trace) == pytest.approx(21.0, rel=8 * eps)
+    np.testing.assert_allclose(np.asarray(values, np.float32), [6.0, 5.0], rtol=4 * eps)
+    integral = np.trapezoid(np.asarray(density, np.float32), np.asarray(grid, np.float32))
+    assert integral == pytest.approx(1.0, abs=0.02)  # grid and weights in half precision

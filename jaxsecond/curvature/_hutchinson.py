@@ -29,6 +29,7 @@ from jax.flatten_util import ravel_pytree
 
 from jaxsecond._checks import check_count as check_count
 from jaxsecond._checks import check_key as check_key
+from jaxsecond._tree import accumulation_dtype
 from jaxsecond.curvature._products import scalar_function
 
 DISTRIBUTIONS = ("rademacher", "normal")
@@ -249,16 +250,20 @@ def hutchpp_trace(
     _check_distribution(distribution)
     flat, unravel = ravel_pytree(dynamic)
     k = num_matvecs // 3
+    # The QR and the projections run in float32 for half-precision params.
+    wide = accumulation_dtype(flat.dtype)
 
     def matvec(v):
-        return ravel_pytree(jax.jvp(jax.grad(f), (dynamic,), (unravel(v),))[1])[0]
+        hv = jax.jvp(jax.grad(f), (dynamic,), (unravel(v.astype(flat.dtype)),))[1]
+        return ravel_pytree(hv)[0].astype(wide)
 
     def matmat(columns):  # columns: (n, k)
         return jax.lax.map(matvec, columns.T, batch_size=batch_size).T
 
     sketch_key, probe_key = jax.random.split(key)
-    S = _draw(sketch_key, (flat.size, k), flat.dtype, distribution)
+    S = _draw(sketch_key, (flat.size, k), wide, distribution)
     Q, _ = jnp.linalg.qr(matmat(S))
-    G = _draw(probe_key, (flat.size, k), flat.dtype, distribution)
+    G = _draw(probe_key, (flat.size, k), wide, distribution)
     G = G - Q @ (Q.T @ G)
-    return jnp.trace(Q.T @ matmat(Q)) + jnp.trace(G.T @ matmat(G)) / k
+    trace = jnp.trace(Q.T @ matmat(Q)) + jnp.trace(G.T @ matmat(G)) / k
+    return trace.astype(flat.dtype)

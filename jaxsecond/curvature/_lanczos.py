@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
+from jaxsecond._tree import accumulation_dtype
 from jaxsecond.curvature._hutchinson import check_count, check_key
 from jaxsecond.curvature._products import scalar_function
 
@@ -111,10 +112,15 @@ def _check_real_and_nonempty(flat, caller) -> int:
 
 
 def _flat_hvp(f, dynamic):
+    """``(flat, unravel, matvec)``: the products are taken in the params' dtype; the
+    matvec maps vectors of :func:`accumulation_dtype` (float32 for half-precision params,
+    whose Lanczos recurrence and eigh run in float32) to the same."""
     flat, unravel = ravel_pytree(dynamic)
+    wide = accumulation_dtype(flat.dtype)
 
     def matvec(v):
-        return ravel_pytree(jax.jvp(jax.grad(f), (dynamic,), (unravel(v),))[1])[0]
+        hv = jax.jvp(jax.grad(f), (dynamic,), (unravel(v.astype(flat.dtype)),))[1]
+        return ravel_pytree(hv)[0].astype(wide)
 
     return flat, unravel, matvec
 
@@ -168,13 +174,13 @@ def hessian_eigenvalues(
     if not k <= num_iters <= n:
         raise ValueError(f"num_iters must be between k={k} and the parameter count {n}")
     start_key, restart_key = jax.random.split(key)
-    v0 = jax.random.normal(start_key, (n,), flat.dtype)
+    v0 = jax.random.normal(start_key, (n,), accumulation_dtype(flat.dtype))
     alphas, betas, basis = lanczos_tridiagonal(matvec, v0, num_iters, restart_key)
     ritz_values, ritz_coords = _tridiagonal_eigh(alphas, betas)
     score = {"largest": ritz_values, "smallest": -ritz_values, "magnitude": jnp.abs(ritz_values)}
     order = jnp.argsort(-score[which])[:k]
-    vectors = ritz_coords[:, order].T @ basis
-    return ritz_values[order], jax.vmap(unravel)(vectors)
+    vectors = (ritz_coords[:, order].T @ basis).astype(flat.dtype)
+    return ritz_values[order].astype(flat.dtype), jax.vmap(unravel)(vectors)
 
 
 def hessian_spectral_density(
@@ -229,7 +235,7 @@ def hessian_spectral_density(
 
     def one_probe(probe_key):
         start_key, restart_key = jax.random.split(probe_key)
-        v0 = jax.random.rademacher(start_key, (n,), flat.dtype)
+        v0 = jax.random.rademacher(start_key, (n,), accumulation_dtype(flat.dtype))
         alphas, betas, _ = lanczos_tridiagonal(matvec, v0, num_iters, restart_key)
         nodes, coords = _tridiagonal_eigh(alphas, betas)
         return nodes, coords[0] ** 2
@@ -242,8 +248,11 @@ def hessian_spectral_density(
         width = jnp.where(spread > 0, 0.01 * spread, 1e-3 * jnp.maximum(jnp.abs(hi), 1.0))
     else:
         width = jnp.asarray(sigma, flat.dtype)
-    grid = jnp.linspace(lo - 5 * width, hi + 5 * width, num_points, dtype=flat.dtype)
+    wide = accumulation_dtype(flat.dtype)
+    if sigma is not None:
+        width = width.astype(wide)
+    grid = jnp.linspace(lo - 5 * width, hi + 5 * width, num_points, dtype=wide)
     z = (grid[:, None, None] - nodes[None]) / width
     kernel = jnp.exp(-0.5 * z**2) / (width * jnp.sqrt(2 * jnp.pi))
     density = jnp.sum(kernel * weights[None], axis=(1, 2)) / num_probes
-    return grid, density
+    return grid.astype(flat.dtype), density.astype(flat.dtype)

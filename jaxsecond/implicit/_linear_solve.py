@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import lineax as lx
 
 from jaxsecond._checks import check_count
+from jaxsecond._tree import accumulation_dtype
 
 # Above this many unknowns the automatic choice for a non-symmetric system switches
 # from dense LU (exact, but it materialises the n x n Jacobian with n JVPs) to GMRES,
@@ -32,9 +33,16 @@ def default_tolerance(dtype) -> float:
 
     About ``eps ** 0.75``: far below the error of any outer optimisation, yet safely
     above the round-off floor where Krylov residuals stagnate (1e-12 in float64,
-    1e-5 in float32).
+    1e-5 in float32, ``eps ** 0.75`` of float16 and bfloat16).
     """
-    return 1e-12 if jnp.finfo(dtype).bits >= 64 else 1e-5
+    bits = jnp.finfo(dtype).bits
+    if bits >= 64:
+        return 1e-12
+    if bits >= 32:
+        return 1e-5
+    # Half precision: the operator's products carry its round-off (the solve itself
+    # accumulates in float32), ~5e-3 for float16 and ~3e-2 for bfloat16.
+    return float(jnp.finfo(dtype).eps) ** 0.75
 
 
 class LinearSolve(eqx.Module):
@@ -102,7 +110,7 @@ def resolve_solver(
     if solve == "gmres":
         return lx.GMRES(**kw)
     if solve == "bicgstab":
-        return lx.BiCGStab(**kw)
+        return EuclideanBiCGStab(**kw)
     return lx.NormalCG(**kw)
 
 
@@ -112,41 +120,21 @@ def tags_for(symmetric: bool) -> frozenset:
     return frozenset()
 
 
-class EuclideanCG(lx.AbstractLinearSolver):
-    """Conjugate gradients for symmetric positive definite operators, stopping when
-    ``||b - A x||_2 <= max(rtol ||b||_2, atol)``.
-
-    A lineax solver (so lineax supplies transposition and differentiation) whose
-    iteration is ``jax.scipy.sparse.linalg.cg``. It differs from ``lineax.CG`` in two
-    ways that matter for implicit differentiation. The stopping rule is the usual
-    scale-invariant Euclidean one, where lineax's is elementwise (a right-hand side
-    with tiny entries then demands a tiny residual there). And there is no breakdown
-    guard in absolute units: lineax's CG gives up when a Rayleigh quotient falls below
-    ``200 n eps`` (0.015 for 650 unknowns in float32), so well-posed systems whose
-    eigenvalues are merely small fail. After the iteration the true residual is
-    checked; a solve that missed its tolerance by more than 10x (or is not finite) is
-    reported as a failure.
-
-    Example:
-        >>> import jax.numpy as jnp, lineax as lx
-        >>> from jaxsecond.implicit import EuclideanCG
-        >>> A = lx.MatrixLinearOperator(jnp.diag(jnp.array([0.01, 1.0])),
-        ...                             (lx.symmetric_tag, lx.positive_semidefinite_tag))
-        >>> print(lx.linear_solve(A, jnp.ones(2), EuclideanCG(rtol=1e-6, atol=0.0)).value)
-        [100.   1.]
-    """
+class _ScipyKrylov(lx.AbstractLinearSolver):
+    """A lineax solver (so lineax supplies transposition and differentiation) whose
+    iteration is one of ``jax.scipy.sparse.linalg``'s, stopping when ``||b - A x||_2 <=
+    max(rtol ||b||_2, atol)``; afterwards the true residual is checked, and a solve that
+    missed its tolerance by more than 10x (or is not finite) is reported as a failure."""
 
     rtol: float
     atol: float
     max_steps: int | None = None
 
+    def _iterate(self, matvec, vector, max_steps, preconditioner):
+        raise NotImplementedError
+
     def init(self, operator, options):
         del options
-        if not (lx.is_symmetric(operator) and lx.is_positive_semidefinite(operator)):
-            raise ValueError(
-                "EuclideanCG needs an operator tagged symmetric and positive semidefinite "
-                "(pass symmetric=True when the optimality function is a gradient)"
-            )
         return lx.linearise(operator)
 
     def compute(self, state, vector, options):
@@ -154,13 +142,8 @@ class EuclideanCG(lx.AbstractLinearSolver):
         preconditioner = options.get("preconditioner")
         size = sum(leaf.size for leaf in jax.tree.leaves(vector))
         max_steps = 10 * size if self.max_steps is None else self.max_steps
-        solution, _ = jax.scipy.sparse.linalg.cg(
-            operator.mv,
-            vector,
-            tol=self.rtol,
-            atol=self.atol,
-            maxiter=max_steps,
-            M=None if preconditioner is None else preconditioner.mv,
+        solution = self._iterate(
+            operator.mv, vector, max_steps, None if preconditioner is None else preconditioner.mv
         )
         residual = jax.tree.map(jnp.subtract, vector, operator.mv(solution))
         target = jnp.maximum(self.rtol * _norm(vector), self.atol)
@@ -184,6 +167,63 @@ class EuclideanCG(lx.AbstractLinearSolver):
         return True
 
 
+class EuclideanCG(_ScipyKrylov):
+    """Conjugate gradients for symmetric positive definite operators, stopping when
+    ``||b - A x||_2 <= max(rtol ||b||_2, atol)``.
+
+    It differs from ``lineax.CG`` in two ways that matter for implicit
+    differentiation. The stopping rule is the usual scale-invariant Euclidean one, where
+    lineax's is elementwise (a right-hand side with tiny entries then demands a tiny
+    residual there). And there is no breakdown guard in absolute units: lineax's CG
+    gives up when a Rayleigh quotient falls below ``200 n eps`` (0.015 for 650 unknowns
+    in float32), so well-posed systems whose eigenvalues are merely small fail. After
+    the iteration the true residual is checked; a solve that missed its tolerance by
+    more than 10x (or is not finite) is reported as a failure.
+
+    Example:
+        >>> import jax.numpy as jnp, lineax as lx
+        >>> from jaxsecond.implicit import EuclideanCG
+        >>> A = lx.MatrixLinearOperator(jnp.diag(jnp.array([0.01, 1.0])),
+        ...                             (lx.symmetric_tag, lx.positive_semidefinite_tag))
+        >>> print(lx.linear_solve(A, jnp.ones(2), EuclideanCG(rtol=1e-6, atol=0.0)).value)
+        [100.   1.]
+    """
+
+    def init(self, operator, options):
+        if not (lx.is_symmetric(operator) and lx.is_positive_semidefinite(operator)):
+            raise ValueError(
+                "EuclideanCG needs an operator tagged symmetric and positive semidefinite "
+                "(pass symmetric=True when the optimality function is a gradient)"
+            )
+        return super().init(operator, options)
+
+    def _iterate(self, matvec, vector, max_steps, preconditioner):
+        return jax.scipy.sparse.linalg.cg(
+            matvec, vector, tol=self.rtol, atol=self.atol, maxiter=max_steps, M=preconditioner
+        )[0]
+
+
+class EuclideanBiCGStab(_ScipyKrylov):
+    """BiCGStab for general square operators, with the stopping rule and final residual
+    check of :class:`EuclideanCG`. Unlike ``lineax.BiCGStab`` it survives a right-hand
+    side solved exactly in one step (``lineax.BiCGStab`` divides 0 by 0 there and
+    returns NaN: e.g. a diagonal operator and a unit vector, which every column of a
+    Jacobian through ``custom_root`` is).
+
+    Example:
+        >>> import jax.numpy as jnp, lineax as lx
+        >>> from jaxsecond.implicit import EuclideanBiCGStab
+        >>> A = lx.MatrixLinearOperator(jnp.diag(jnp.array([4.0, 6.0])))
+        >>> print(lx.linear_solve(A, jnp.array([1.0, 0.0]), EuclideanBiCGStab(1e-6, 0.0)).value)
+        [0.25 0.  ]
+    """
+
+    def _iterate(self, matvec, vector, max_steps, preconditioner):
+        return jax.scipy.sparse.linalg.bicgstab(
+            matvec, vector, tol=self.rtol, atol=self.atol, maxiter=max_steps, M=preconditioner
+        )[0]
+
+
 def _norm(tree):
     return jnp.sqrt(sum(jnp.sum(jnp.abs(x) ** 2) for x in jax.tree.leaves(tree)))
 
@@ -200,4 +240,25 @@ def solve_linear(operator: lx.AbstractLinearOperator, vector, config: LinearSolv
     if config.preconditioner is not None:
         params, args, kwargs = precond_args
         options["preconditioner"] = config.preconditioner(params, *args, **kwargs)
-    return lx.linear_solve(operator, vector, config.solver, options=options).value
+    if not any(_is_half(x) for x in jax.tree.leaves(vector)):
+        return lx.linear_solve(operator, vector, config.solver, options=options).value
+    # Half precision (float16, bfloat16): LAPACK has no such kernels and Krylov
+    # recurrences lose orthogonality within a few steps, so the solve accumulates in
+    # float32 around the operator's own half-precision products; the solution is cast
+    # back.
+    up = lambda tree: jax.tree.map(lambda x: x.astype(accumulation_dtype(x.dtype)), tree)
+    dtypes = jax.tree.map(lambda x: x.dtype, vector)
+    down = lambda tree: jax.tree.map(lambda x, d: x.astype(d), tree, dtypes)
+    wide = lx.FunctionLinearOperator(
+        lambda v: up(operator.mv(down(v))), jax.eval_shape(up, vector), tags=config.tags
+    )
+    if "preconditioner" in options:
+        pre = options["preconditioner"]
+        options["preconditioner"] = lx.FunctionLinearOperator(
+            lambda v: up(pre.mv(down(v))), jax.eval_shape(up, vector), tags=config.tags
+        )
+    return down(lx.linear_solve(wide, up(vector), config.solver, options=options).value)
+
+
+def _is_half(x) -> bool:
+    return accumulation_dtype(x.dtype) != x.dtype
