@@ -103,6 +103,8 @@ class HashGridEncoding(eqx.Module):
             )
         if not jnp.issubdtype(dtype, jnp.floating):
             raise TypeError(f"dtype must be a floating-point type, got {dtype!r}")
+        if jnp.dtype(dtype) not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.float64)):
+            raise TypeError(f"dtype must be float32 or float64 (the tables' dtype), got {dtype!r}")
         self.config = kernels.make_grid_config(
             dim,
             num_levels,
