@@ -17,6 +17,10 @@ from jax.flatten_util import ravel_pytree
 
 from tests.helpers import load_benchmark
 
+# One worker runs the whole module: its module-scoped fixtures and cached references are
+# computed once (pytest -n 2 --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("bench_curvature")
+
 NAME = "bench_curvature"
 
 

@@ -18,6 +18,10 @@ import pytest
 import jaxsecond
 from tests.helpers import assert_tree_allclose, load_benchmark
 
+# One worker runs the whole module: its module-scoped fixtures and cached references are
+# computed once (pytest -n 2 --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("bench_optim")
+
 NAME = "bench_optim"
 
 

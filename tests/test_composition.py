@@ -46,6 +46,10 @@ import jaxsecond as js
 from jaxsecond.nas import rarts
 from tests.helpers import assert_tree_allclose
 
+# One worker runs the whole module: its module-scoped fixtures and cached references are
+# computed once (pytest -n 2 --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("composition")
+
 N = 3
 _RNG = np.random.default_rng(0)
 X = jnp.asarray(_RNG.normal(size=(10, N)))

@@ -12,6 +12,10 @@ import jaxsecond as js
 from jaxsecond.diffeq import ODETerm
 from tests.helpers import assert_tree_allclose, finite_difference_jvp
 
+# One worker runs the whole module: its module-scoped fixtures and cached references are
+# computed once (pytest -n 2 --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("diffeq")
+
 # ------------------------------------------------------------------- convergence order
 
 SOLVERS = {

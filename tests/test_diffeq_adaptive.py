@@ -16,6 +16,10 @@ import jaxsecond as js
 from jaxsecond.diffeq import ODETerm
 from tests.helpers import assert_tree_allclose
 
+# One worker runs the whole module: its module-scoped fixtures and cached references are
+# computed once (pytest -n 2 --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("diffeq_adaptive")
+
 
 @pytest.fixture(autouse=True)
 def _strict_promotion():

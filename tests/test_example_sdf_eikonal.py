@@ -16,6 +16,10 @@ import pytest
 
 from tests.helpers import headline_numbers, load_example
 
+# One worker runs the whole module: its module-scoped fixtures and cached references are
+# computed once (pytest -n 2 --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("example_sdf_eikonal")
+
 
 @pytest.fixture(scope="module")
 def ex():

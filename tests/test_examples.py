@@ -18,6 +18,10 @@ import pytest
 
 from tests.helpers import load_example, rel_err
 
+# One worker runs the whole module: its module-scoped fixtures and cached references are
+# computed once (pytest -n 2 --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("examples")
+
 
 def assert_ran(result, out: pathlib.Path, expected_png: str):
     assert result.figures, "the example wrote no figure"
