@@ -223,3 +223,14 @@ def test_half_precision_hash_grid_tables_are_refused_at_construction():
     # the first call deep inside the kernels module.
     with pytest.raises(TypeError, match="dtype must be float32 or float64"):
         js.HashGridEncoding(dim=3, dtype=jnp.float16, key=jax.random.key(0))
+
+
+def test_gnvp_passes_non_array_outputs_to_the_loss():
+    # A model output with a non-array leaf used to fail inside jax.jvp.
+    # Model A w, loss 0.5 |y|^2: Gauss-Newton matrix A^T A, so G e0 = [1, 2].
+    A = jnp.array([[1.0, 2.0], [0.0, 1.0]])
+    model = lambda w: {"y": A @ w, "kind": "logits"}
+    loss = lambda out: 0.5 * jnp.sum(out["y"] ** 2) if out["kind"] == "logits" else None
+    np.testing.assert_allclose(js.gnvp(model, loss, jnp.zeros(2), jnp.array([1.0, 0.0])), [1, 2])
+    with pytest.raises(TypeError, match=r"gnvp: model output \[1\] has dtype int"):
+        js.gnvp(lambda w: (A @ w, jnp.argmax(w)), lambda o: jnp.sum(o[0]), jnp.zeros(2), A[0])

@@ -144,12 +144,29 @@ def gnvp(model: Callable, loss: Callable, params, vector):
     dynamic, static = split_params(params)
     vec = check_vector(vector, dynamic)
 
+    # Non-array output leaves (labels, names, flags) pass through to the loss untouched;
+    # only the array outputs are linearised.
+    passthrough = {}
+
     def m(dyn):
-        return model(eqx.combine(dyn, static))
+        out = model(eqx.combine(dyn, static))
+        arrays, others = eqx.partition(out, eqx.is_array)
+        for path, leaf in jax.tree_util.tree_leaves_with_path(arrays):
+            if not jnp.issubdtype(leaf.dtype, jnp.inexact):
+                raise TypeError(
+                    f"gnvp: model output {jax.tree_util.keystr(path) or 'value'} has dtype "
+                    f"{leaf.dtype}; array outputs must be floating point (the Gauss-Newton "
+                    "matrix differentiates them); return integer data from outside model"
+                )
+        passthrough["others"] = others
+        return arrays
 
     # Linearise once: the same linear map gives J v and, transposed, J^T u.
     outputs, jacobian = jax.linearize(m, dynamic)
-    loss_fn, out_dynamic = scalar_function(loss, outputs, name="loss")
+    others = passthrough["others"]
+    loss_fn, out_dynamic = scalar_function(
+        lambda arrays: loss(eqx.combine(arrays, others)), outputs, name="loss"
+    )
     h_jv = jax.jvp(jax.grad(loss_fn), (out_dynamic,), (jacobian(vec),))[1]
     (out,) = jax.linear_transpose(jacobian, dynamic)(h_jv)
     return out
