@@ -123,7 +123,10 @@ def scale_by_adahessian(
 
     Args:
         b1, b2: decay rates of the first moment and of the Hessian second moment.
-        eps: added to the denominator.
+        eps: added to the denominator, >= 0. With eps = 0 the update divides by the
+            raw estimate, so a direction of zero curvature gets an infinite update: use
+            it only where every direction is known to be curved (e.g. an exact Newton
+            step on a strictly convex quadratic).
         hessian_power: ``k`` in ``(sqrt(v))^k``, in (0, 1] (1 in the paper).
         spatial_average: how each leaf's estimate is averaged: ``"oihw"`` (default:
             4-D leaves are 2-D convolution kernels laid out ``(out, in, h, w)`` as
