@@ -44,7 +44,7 @@ def _flat(tree) -> np.ndarray:
     return np.asarray(ravel_pytree(tree)[0], np.float64)
 
 
-@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+@pytest.mark.parametrize("kind", ["mlp", pytest.param("cnn", marks=pytest.mark.slow)])
 def test_products_match_explicit_hessian(bench, kind):
     # float64: hvp, grad_and_hvp and the plain jvp(grad) recipe must agree with the
     # explicit Hessian times v to round-off (1e-10 relative is ~1e5 ulps of slack).

@@ -60,6 +60,7 @@ def test_rarts_digits_run(rd, tmp_path):
     assert "RARTS" in result.key_figure and (tmp_path / "rarts_digits.md").is_file()
 
 
+@pytest.mark.slow  # two trainings and a fine-tune (~50 s); the search itself: test_nas
 def test_width_search_and_pruning(ws):
     config = dataclasses.replace(ws.QUICK, search_steps=40, epochs=4)
     result = ws.run_seed(0, config)

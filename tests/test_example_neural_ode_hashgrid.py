@@ -90,6 +90,7 @@ def test_reversible_gradient_matches_store_all(problem):
     assert rel_err(g_rev, g_all) <= 1e-8, rel_err(g_rev, g_all)
 
 
+@pytest.mark.slow  # its HVP (the part only this example exercises) is tested above
 def test_short_adahessian_run_lowers_the_loss(float32):
     ex = load_example("neural_ode_hashgrid")
     ts, ys, model = small_problem(ex, dtype=jnp.float32, num_trajectories=8)

@@ -12,6 +12,7 @@ import pathlib
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import jaxsecond
 from tests.helpers import headline_numbers, load_example, rel_err
@@ -54,6 +55,7 @@ def test_reversible_gradient_matches_store_all():
     assert rel_err(g_fine, g_all) > 1e-3
 
 
+@pytest.mark.slow  # the whole quick run, as `jaxsecond tour` does; its parts are tested above
 def test_neural_sde_run(tmp_path):
     ex = load_example("neural_sde_ou")
     result = ex.run(tmp_path)

@@ -165,6 +165,7 @@ def headline_number(key_figure: str, pattern: str) -> float:
     return float(match.group(1))
 
 
+@pytest.mark.slow  # the whole quick run, as `jaxsecond tour` does; its parts are tested above
 def test_sharpness_run(tmp_path):
     ex = load_example("sharpness")
     result = ex.run(tmp_path)

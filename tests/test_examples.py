@@ -236,6 +236,7 @@ def test_md_memory_unrolled_grows_implicit_flat(small_packing):
     assert long["implicit"] < long["unrolled"] / 10
 
 
+@pytest.mark.slow  # the whole quick run, as `jaxsecond tour` does; its parts are tested above
 def test_md_run(tmp_path):
     md = load_example("molecular_dynamics")
     result = md.run(tmp_path)
