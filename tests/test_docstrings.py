@@ -11,6 +11,7 @@ MODULES = [
     "jaxsecond.curvature._products",
     "jaxsecond.curvature._hutchinson",
     "jaxsecond.curvature._lanczos",
+    "jaxsecond.diffeq._adjoint",
     "jaxsecond.diffeq._odeint",
     "jaxsecond.diffeq._events",
     "jaxsecond.diffeq._saveat",
