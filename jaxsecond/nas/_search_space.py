@@ -34,6 +34,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxsecond._checks import check_count
+
 IMAGE_OP_NAMES = (
     "none",
     "skip_connect",
@@ -261,11 +263,6 @@ def num_edges(num_nodes: int) -> int:
     return 2 * num_nodes + num_nodes * (num_nodes - 1) // 2
 
 
-def _check_count(value, name: str, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-
-
 # --------------------------------------------------------------------------- search modules
 
 
@@ -332,7 +329,7 @@ class Cell(eqx.Module):
         dtype=None,
     ):
         op_set = _as_op_set(op_set)
-        _check_count(num_nodes, "num_nodes")
+        check_count(num_nodes, "num_nodes")
         k0, k1, ke = jax.random.split(key, 3)
         self.preprocess0 = Preprocess(op_set.kind, in_channels0, channels, key=k0, dtype=dtype)
         self.preprocess1 = Preprocess(op_set.kind, in_channels1, channels, key=k1, dtype=dtype)
@@ -424,7 +421,7 @@ class Network(eqx.Module):
             ("num_cells", num_cells),
             ("num_nodes", num_nodes),
         ):
-            _check_count(value, name)
+            check_count(value, name)
         ks, kh, *kc = jax.random.split(key, 2 + num_cells)
         self.stem = _stem(op_set.kind, in_channels, channels, ks, dtype)
         cells, c_prev_prev, c_prev = [], channels, channels
@@ -524,7 +521,7 @@ def discretise(alpha, op_set: OpSet, *, edges_per_node: int = 2) -> Genotype:
         ((('avg_pool_3x3', 1), ('skip_connect', 0)),)
     """
     op_set = _as_op_set(op_set)
-    _check_count(edges_per_node, "edges_per_node")
+    check_count(edges_per_node, "edges_per_node")
     alpha = np.asarray(alpha, dtype=np.float64)
     candidates = [k for k, name in enumerate(op_set.ops) if name != "none"]
     if not candidates:
@@ -615,7 +612,7 @@ class DiscreteNetwork(eqx.Module):
             ("num_classes", num_classes),
             ("num_cells", num_cells),
         ):
-            _check_count(value, name)
+            check_count(value, name)
         ks, kh, *kc = jax.random.split(key, 2 + num_cells)
         self.stem = _stem(genotype.kind, in_channels, channels, ks, dtype)
         n = genotype.num_nodes
