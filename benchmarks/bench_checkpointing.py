@@ -53,22 +53,23 @@ def field(t, y, W):
     return jnp.tanh(y @ W)
 
 
-def ours(adjoint, y0, t_end, max_steps):
-    def loss(W):
-        ys = js.odeint(
-            field,
-            y0,
-            jnp.array([0.0, t_end]),
-            W,
-            solver=js.Dopri5(),
-            adjoint=adjoint,
-            rtol=TOL,
-            atol=TOL,
-            max_steps=max_steps,
-        )
-        return jnp.sum(ys[-1] ** 2)
+def solve(W, y0, t_end, max_steps, **kwargs):
+    """Our adaptive Dopri5 solve of the problem (``kwargs``: adjoint, return_stats)."""
+    return js.odeint(
+        field,
+        y0,
+        jnp.array([0.0, t_end]),
+        W,
+        solver=js.Dopri5(),
+        rtol=TOL,
+        atol=TOL,
+        max_steps=max_steps,
+        **kwargs,
+    )
 
-    return loss
+
+def ours(adjoint, y0, t_end, max_steps):
+    return lambda W: jnp.sum(solve(W, y0, t_end, max_steps, adjoint=adjoint)[-1] ** 2)
 
 
 def theirs(checkpoints, y0, t_end, max_steps):
@@ -103,17 +104,7 @@ def methods():
 
 
 def steps_taken(y0, W, t_end):
-    _, stats = js.odeint(
-        field,
-        y0,
-        jnp.array([0.0, t_end]),
-        W,
-        solver=js.Dopri5(),
-        rtol=TOL,
-        atol=TOL,
-        max_steps=16384,
-        return_stats=True,
-    )
+    _, stats = solve(W, y0, t_end, 16384, return_stats=True)
     return int(stats["num_steps"])
 
 

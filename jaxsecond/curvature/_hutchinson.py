@@ -30,7 +30,7 @@ from jax.flatten_util import ravel_pytree
 from jaxsecond._checks import check_count as check_count
 from jaxsecond._checks import check_key as check_key
 from jaxsecond._tree import accumulation_dtype
-from jaxsecond.curvature._products import scalar_function
+from jaxsecond.curvature._products import flat_hvp, scalar_function
 
 DISTRIBUTIONS = ("rademacher", "normal")
 
@@ -248,14 +248,10 @@ def hutchpp_trace(
     if batch_size is not None:
         batch_size = check_count(batch_size, "batch_size")
     _check_distribution(distribution)
-    flat, unravel = ravel_pytree(dynamic)
+    flat, _, matvec = flat_hvp(f, dynamic)
     k = num_matvecs // 3
     # The QR and the projections run in float32 for half-precision params.
     wide = accumulation_dtype(flat.dtype)
-
-    def matvec(v):
-        hv = jax.jvp(jax.grad(f), (dynamic,), (unravel(v.astype(flat.dtype)),))[1]
-        return ravel_pytree(hv)[0].astype(wide)
 
     def matmat(columns):  # columns: (n, k)
         return jax.lax.map(matvec, columns.T, batch_size=batch_size).T

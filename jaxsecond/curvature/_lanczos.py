@@ -23,11 +23,10 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-from jax.flatten_util import ravel_pytree
 
 from jaxsecond._tree import accumulation_dtype
 from jaxsecond.curvature._hutchinson import check_count, check_key
-from jaxsecond.curvature._products import scalar_function
+from jaxsecond.curvature._products import flat_hvp, scalar_function
 
 WHICH = ("largest", "smallest", "magnitude")
 
@@ -111,20 +110,6 @@ def _check_real_and_nonempty(flat, caller) -> int:
     return flat.size
 
 
-def _flat_hvp(f, dynamic):
-    """``(flat, unravel, matvec)``: the products are taken in the params' dtype; the
-    matvec maps vectors of :func:`accumulation_dtype` (float32 for half-precision params,
-    whose Lanczos recurrence and eigh run in float32) to the same."""
-    flat, unravel = ravel_pytree(dynamic)
-    wide = accumulation_dtype(flat.dtype)
-
-    def matvec(v):
-        hv = jax.jvp(jax.grad(f), (dynamic,), (unravel(v.astype(flat.dtype)),))[1]
-        return ravel_pytree(hv)[0].astype(wide)
-
-    return flat, unravel, matvec
-
-
 def hessian_eigenvalues(
     fun: Callable,
     params,
@@ -164,7 +149,7 @@ def hessian_eigenvalues(
     k = check_count(k, "k")
     if which not in WHICH:
         raise ValueError(f"which must be one of {WHICH}, got {which!r}")
-    flat, unravel, matvec = _flat_hvp(f, dynamic)
+    flat, unravel, matvec = flat_hvp(f, dynamic)
     n = _check_real_and_nonempty(flat, "hessian_eigenvalues")
     if k > n:
         raise ValueError(f"k={k} exceeds the number of parameters ({n})")
@@ -228,7 +213,7 @@ def hessian_spectral_density(
         batch_size = check_count(batch_size, "batch_size")
     if sigma is not None and not sigma > 0:
         raise ValueError(f"sigma must be positive, got {sigma!r}")
-    flat, _, matvec = _flat_hvp(f, dynamic)
+    flat, _, matvec = flat_hvp(f, dynamic)
     n = _check_real_and_nonempty(flat, "hessian_spectral_density")
     num_iters = check_count(num_iters, "num_iters")
     num_iters = min(num_iters, n)
@@ -247,11 +232,8 @@ def hessian_spectral_density(
     if sigma is None:
         width = jnp.where(spread > 0, 0.01 * spread, 1e-3 * jnp.maximum(jnp.abs(hi), 1.0))
     else:
-        width = jnp.asarray(sigma, flat.dtype)
-    wide = accumulation_dtype(flat.dtype)
-    if sigma is not None:
-        width = width.astype(wide)
-    grid = jnp.linspace(lo - 5 * width, hi + 5 * width, num_points, dtype=wide)
+        width = jnp.asarray(sigma, nodes.dtype)
+    grid = jnp.linspace(lo - 5 * width, hi + 5 * width, num_points, dtype=nodes.dtype)
     z = (grid[:, None, None] - nodes[None]) / width
     kernel = jnp.exp(-0.5 * z**2) / (width * jnp.sqrt(2 * jnp.pi))
     density = jnp.sum(kernel * weights[None], axis=(1, 2)) / num_probes

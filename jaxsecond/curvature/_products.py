@@ -12,8 +12,9 @@ from collections.abc import Callable
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
 
-from jaxsecond._tree import callable_name, describe_mismatch
+from jaxsecond._tree import accumulation_dtype, callable_name, describe_mismatch
 
 
 def split_params(params, name: str = "params"):
@@ -66,6 +67,21 @@ def check_vector(vector, dynamic, name: str = "vector"):
     if problem is not None:
         raise ValueError(f"{name} must be a pytree shaped like params: {problem}")
     return vec
+
+
+def flat_hvp(f, dynamic):
+    """``(flat, unravel, matvec)`` for ``f`` at the pytree ``dynamic``: its flattening,
+    the inverse, and the Hessian-vector product on flat vectors. Products are taken in
+    the params' dtype; the matvec maps vectors of :func:`accumulation_dtype` (float32
+    for half-precision params, so QR, Lanczos and eigh run in float32) to the same."""
+    flat, unravel = ravel_pytree(dynamic)
+    wide = accumulation_dtype(flat.dtype)
+
+    def matvec(v):
+        hv = jax.jvp(jax.grad(f), (dynamic,), (unravel(v.astype(flat.dtype)),))[1]
+        return ravel_pytree(hv)[0].astype(wide)
+
+    return flat, unravel, matvec
 
 
 def hvp(fun: Callable, params, vector):

@@ -249,15 +249,12 @@ def solve_linear(operator: lx.AbstractLinearOperator, vector, config: LinearSolv
     up = lambda tree: jax.tree.map(lambda x: x.astype(accumulation_dtype(x.dtype)), tree)
     dtypes = jax.tree.map(lambda x: x.dtype, vector)
     down = lambda tree: jax.tree.map(lambda x, d: x.astype(d), tree, dtypes)
-    wide = lx.FunctionLinearOperator(
-        lambda v: up(operator.mv(down(v))), jax.eval_shape(up, vector), tags=config.tags
+    widen = lambda op: lx.FunctionLinearOperator(
+        lambda v: up(op.mv(down(v))), jax.eval_shape(up, vector), tags=config.tags
     )
     if "preconditioner" in options:
-        pre = options["preconditioner"]
-        options["preconditioner"] = lx.FunctionLinearOperator(
-            lambda v: up(pre.mv(down(v))), jax.eval_shape(up, vector), tags=config.tags
-        )
-    return down(lx.linear_solve(wide, up(vector), config.solver, options=options).value)
+        options["preconditioner"] = widen(options["preconditioner"])
+    return down(lx.linear_solve(widen(operator), up(vector), config.solver, options=options).value)
 
 
 def _is_half(x) -> bool:

@@ -97,19 +97,21 @@ def _check_batch(batch, num_devices: int, axis_name, name: str) -> None:
         )
 
 
-def _check_uses_hessian(optimizer, opt_state) -> None:
+def _names_hessian_diagonal(optimizer) -> bool:
+    try:
+        return "hessian_diagonal" in inspect.signature(optimizer.update).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _check_uses_hessian(opt_state) -> None:
     # optax chains pass extra arguments only to the transformations that take them, so
     # an optimizer without scale_by_adahessian (e.g. optax.adam) would silently drop
     # the Hessian diagonal this step pays for. Accepted: AdaHessian somewhere in the
-    # state, or an update function that names the argument itself.
+    # state (checked here), or an update function that names the argument itself
+    # (checked once, when the step is built).
     is_state = lambda x: isinstance(x, ScaleByAdaHessianState)
-    if any(is_state(x) for x in jax.tree.leaves(opt_state, is_leaf=is_state)):
-        return
-    try:
-        named = "hessian_diagonal" in inspect.signature(optimizer.update).parameters
-    except (TypeError, ValueError):
-        named = False
-    if not named:
+    if not any(is_state(x) for x in jax.tree.leaves(opt_state, is_leaf=is_state)):
         raise TypeError(
             "optimizer: data_parallel_adahessian_step estimates a Hessian diagonal, but "
             "opt_state holds no AdaHessian state, so the optimizer would ignore it; use "
@@ -249,10 +251,12 @@ def data_parallel_adahessian_step(
         return eqx.apply_updates(params, updates), opt_state, {"loss": value}
 
     run = _sharded(local_step, mesh, (P(), P(), P(axis_name), P()), P())
+    update_takes_hessian = _names_hessian_diagonal(optimizer)
 
     def step(params, opt_state, batch, key):
         _check_batch(batch, num_devices, axis_name, "batch")
-        _check_uses_hessian(optimizer, opt_state)
+        if not update_takes_hessian:
+            _check_uses_hessian(opt_state)
         return run(params, opt_state, batch, key)
 
     return step
