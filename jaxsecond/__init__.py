@@ -1,129 +1,90 @@
-"""jaxsecond: implicit, second-order and reversible differentiation for JAX."""
+"""jaxsecond: implicit, second-order and reversible differentiation for JAX.
 
-from jaxsecond import nas as nas
-from jaxsecond import parallel as parallel
-from jaxsecond.curvature import (
-    gnvp as gnvp,
-)
-from jaxsecond.curvature import (
-    grad_and_hvp as grad_and_hvp,
-)
-from jaxsecond.curvature import (
-    hessian_eigenvalues as hessian_eigenvalues,
-)
-from jaxsecond.curvature import (
-    hessian_spectral_density as hessian_spectral_density,
-)
-from jaxsecond.curvature import (
-    hutchinson_diagonal as hutchinson_diagonal,
-)
-from jaxsecond.curvature import (
-    hutchinson_trace as hutchinson_trace,
-)
-from jaxsecond.curvature import (
-    hutchpp_trace as hutchpp_trace,
-)
-from jaxsecond.curvature import (
-    hvp as hvp,
-)
-from jaxsecond.diffeq import (
-    RK4 as RK4,
-)
-from jaxsecond.diffeq import (
-    AbstractAdjoint as AbstractAdjoint,
-)
-from jaxsecond.diffeq import (
-    AbstractReversibleSolver as AbstractReversibleSolver,
-)
-from jaxsecond.diffeq import (
-    AbstractSolver as AbstractSolver,
-)
-from jaxsecond.diffeq import (
-    AbstractStepSizeController as AbstractStepSizeController,
-)
-from jaxsecond.diffeq import (
-    BacksolveAdjoint as BacksolveAdjoint,
-)
-from jaxsecond.diffeq import (
-    Checkpointed as Checkpointed,
-)
-from jaxsecond.diffeq import (
-    ConstantStepSize as ConstantStepSize,
-)
-from jaxsecond.diffeq import (
-    Dopri5 as Dopri5,
-)
-from jaxsecond.diffeq import (
-    Euler as Euler,
-)
-from jaxsecond.diffeq import (
-    EulerMaruyama as EulerMaruyama,
-)
-from jaxsecond.diffeq import (
-    Event as Event,
-)
-from jaxsecond.diffeq import (
-    Heun as Heun,
-)
-from jaxsecond.diffeq import (
-    Midpoint as Midpoint,
-)
-from jaxsecond.diffeq import (
-    PIDController as PIDController,
-)
-from jaxsecond.diffeq import (
-    Reversible as Reversible,
-)
-from jaxsecond.diffeq import (
-    ReversibleAdjoint as ReversibleAdjoint,
-)
-from jaxsecond.diffeq import (
-    ReversibleHeun as ReversibleHeun,
-)
-from jaxsecond.diffeq import (
-    SaveAt as SaveAt,
-)
-from jaxsecond.diffeq import (
-    Solution as Solution,
-)
-from jaxsecond.diffeq import (
-    StoreAll as StoreAll,
-)
-from jaxsecond.diffeq import (
-    odeint as odeint,
-)
-from jaxsecond.diffeq import (
-    sdeint as sdeint,
-)
-from jaxsecond.encoding import (
-    HashGridEncoding as HashGridEncoding,
-)
-from jaxsecond.encoding import (
-    coarse_to_fine_levels as coarse_to_fine_levels,
-)
-from jaxsecond.implicit import (
-    custom_fixed_point as custom_fixed_point,
-)
-from jaxsecond.implicit import (
-    custom_root as custom_root,
-)
-from jaxsecond.implicit import (
-    root_jvp as root_jvp,
-)
-from jaxsecond.implicit import (
-    root_vjp as root_vjp,
-)
-from jaxsecond.optim import (
-    ScaleByAdaHessianState as ScaleByAdaHessianState,
-)
-from jaxsecond.optim import (
-    adahessian as adahessian,
-)
-from jaxsecond.optim import (
-    scale_by_adahessian as scale_by_adahessian,
-)
-from jaxsecond.optim import (
-    value_grad_and_hessian_diagonal as value_grad_and_hessian_diagonal,
-)
+The top-level names are loaded on first use, so ``import jaxsecond`` (and the ``jaxsecond``
+command line) starts without importing JAX; ``jaxsecond.odeint`` or
+``from jaxsecond import odeint`` imports the subpackage that defines it.
+
+Example:
+    >>> import jax.numpy as jnp
+    >>> import jaxsecond
+    >>> float(jaxsecond.hvp(lambda x: jnp.sum(x**3), jnp.ones(2), jnp.ones(2))[0])
+    6.0
+"""
+
+import importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
+
+# Public name -> the subpackage that defines it.
+_EXPORTS_BY_SUBPACKAGE = {
+    "curvature": (
+        "gnvp",
+        "grad_and_hvp",
+        "hessian_eigenvalues",
+        "hessian_spectral_density",
+        "hutchinson_diagonal",
+        "hutchinson_trace",
+        "hutchpp_trace",
+        "hvp",
+    ),
+    "diffeq": (
+        "RK4",
+        "AbstractAdjoint",
+        "AbstractReversibleSolver",
+        "AbstractSolver",
+        "AbstractStepSizeController",
+        "BacksolveAdjoint",
+        "Checkpointed",
+        "ConstantStepSize",
+        "Dopri5",
+        "Euler",
+        "EulerMaruyama",
+        "Event",
+        "Heun",
+        "Midpoint",
+        "PIDController",
+        "Reversible",
+        "ReversibleAdjoint",
+        "ReversibleHeun",
+        "SaveAt",
+        "Solution",
+        "StoreAll",
+        "odeint",
+        "sdeint",
+    ),
+    "encoding": ("HashGridEncoding", "coarse_to_fine_levels"),
+    "implicit": ("custom_fixed_point", "custom_root", "root_jvp", "root_vjp"),
+    "optim": (
+        "ScaleByAdaHessianState",
+        "adahessian",
+        "scale_by_adahessian",
+        "value_grad_and_hessian_diagonal",
+    ),
+}
+_SUBPACKAGES = ("curvature", "diffeq", "encoding", "implicit", "nas", "optim", "parallel")
+_HOME = {name: sub for sub, names in _EXPORTS_BY_SUBPACKAGE.items() for name in names}
+
+__all__ = [*_SUBPACKAGES, *_HOME]
+
+if TYPE_CHECKING:  # static tools see the eager imports
+    from jaxsecond import curvature, diffeq, encoding, implicit, nas, optim, parallel  # noqa: F401
+    from jaxsecond.curvature import *  # noqa: F403
+    from jaxsecond.diffeq import *  # noqa: F403
+    from jaxsecond.encoding import *  # noqa: F403
+    from jaxsecond.implicit import *  # noqa: F403
+    from jaxsecond.optim import *  # noqa: F403
+
+
+def __getattr__(name: str):
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"{__name__}.{name}")
+    if name in _HOME:
+        value = getattr(importlib.import_module(f"{__name__}.{_HOME[name]}"), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted({*globals(), *__all__})

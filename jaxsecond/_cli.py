@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import importlib
 import importlib.metadata
 import importlib.util
@@ -22,8 +23,10 @@ import os
 import pathlib
 import platform
 import shlex
+import signal
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Sequence
@@ -46,6 +49,70 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _inside_gc_callback(frame) -> bool:
+    codes = {getattr(cb, "__code__", None) for cb in gc.callbacks}
+    while frame is not None:
+        if frame.f_code in codes:
+            return True
+        frame = frame.f_back
+    return False
+
+
+class _Interrupts:
+    """Ctrl-C that is never lost.
+
+    JAX registers a garbage-collection callback, and Python prints and drops an exception
+    raised inside one: a KeyboardInterrupt that lands there (likeliest while JAX is being
+    imported) would let the command run on. The handler also records the interrupt, so
+    ``check()`` between examples or benchmarks stops the command anyway.
+    """
+
+    def __init__(self):
+        self.seen = False
+        self._deferring = False
+        self._previous = None
+
+    def _handler(self, signum, frame):
+        self.seen = True
+        if not (self._deferring or _inside_gc_callback(frame)):
+            raise KeyboardInterrupt
+        # Raising inside a gc callback would only print "Exception ignored"; check() raises.
+
+    @contextlib.contextmanager
+    def deferred(self):
+        """Hold interrupts until the block ends: jaxlib can crash (SIGSEGV) when its
+        extension's initialisation is interrupted, so imports are never cut short."""
+        self._deferring = True
+        try:
+            yield
+        finally:
+            self._deferring = False
+        self.check()
+
+    def check(self) -> None:
+        if self.seen:
+            raise KeyboardInterrupt
+
+    def __enter__(self):
+        self.seen = False
+        # Only take over Python's default handler, and only where signals can be handled.
+        if (
+            threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        ):
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc_info):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+        return False
+
+
+_INTERRUPTS = _Interrupts()
 
 
 def _one_line(exc: BaseException) -> str:
@@ -79,7 +146,8 @@ def _cmd_tour(ns: argparse.Namespace) -> int:
     from jaxsecond import _registry
 
     try:
-        examples = _registry.discover()
+        with _INTERRUPTS.deferred():
+            examples = _registry.discover()
     except Exception as exc:
         hint = ""
         if isinstance(exc, ModuleNotFoundError) and exc.name == "jaxsecond.examples":
@@ -110,6 +178,7 @@ def _cmd_tour(ns: argparse.Namespace) -> int:
     start_all = time.perf_counter()
     bar = tqdm(names, desc="tour", unit="example", file=sys.stderr, disable=None, leave=False)
     for name in bar:
+        _INTERRUPTS.check()
         bar.set_postfix_str(name)
         start = time.perf_counter()
         try:
@@ -132,6 +201,7 @@ def _cmd_tour(ns: argparse.Namespace) -> int:
         parts.append(f"{seconds:.1f} s")
         tqdm.write(" | ".join(parts))
     bar.close()
+    _INTERRUPTS.check()
 
     total = time.perf_counter() - start_all
     size = "full" if ns.full else "quick"
@@ -232,14 +302,17 @@ def _cmd_bench(ns: argparse.Namespace) -> int:
         )
     results = pathlib.Path(ns.results) if ns.results else folder / "RESULTS.md"
     _ensure_writable_dir(results.parent, "--results folder")
-    harness = _load_harness(folder)
+    with _INTERRUPTS.deferred():
+        harness = _load_harness(folder)
 
     failed: list[str] = []
     for i, name in enumerate(names, 1):
+        _INTERRUPTS.check()
         start = time.perf_counter()
         print(f"[{i}/{len(names)}] {name} ...", flush=True)
         try:
-            module = _load_bench(name, available[name])
+            with _INTERRUPTS.deferred():
+                module = _load_bench(name, available[name])
             body = module.run(ns.quick)
             if not isinstance(body, str):
                 raise TypeError(f"run returned {type(body).__name__}, expected a markdown str")
@@ -260,6 +333,7 @@ def _cmd_bench(ns: argparse.Namespace) -> int:
         seconds = time.perf_counter() - start
         print(f"{name}: wrote section {module.TITLE!r} to {results} | {seconds:.1f} s", flush=True)
 
+    _INTERRUPTS.check()
     if failed:
         hint = "" if ns.traceback else " (rerun with --traceback for details)"
         print(f"{PROG} bench: failed: {', '.join(failed)}{hint}", file=sys.stderr)
@@ -304,7 +378,8 @@ def auto_backend() -> str:
 
 
 def _cmd_info(ns: argparse.Namespace) -> int:
-    import jax
+    with _INTERRUPTS.deferred():
+        import jax
 
     import jaxsecond
 
@@ -407,7 +482,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return EXIT_USAGE
     try:
-        return ns.handler(ns)
+        with _INTERRUPTS:
+            return ns.handler(ns)
     except _UsageError as exc:
         print(f"{PROG} {ns.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -179,6 +179,36 @@ def test_info_subprocess(tmp_path):
     assert _info_versions(proc.stdout)["jax"] == jax.__version__
 
 
+INTERRUPT_DURING_IMPORT = """
+import os, signal, sys, threading
+from jaxsecond import _cli
+assert "jax" not in sys.modules  # the command line starts before JAX is imported
+threading.Timer(float(sys.argv[1]), os.kill, (os.getpid(), signal.SIGINT)).start()
+sys.exit(_cli.main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("delay", [0.05, 0.5])
+def test_ctrl_c_while_jax_imports_stops_the_tour(tmp_path, delay):
+    # An interrupt during JAX's import used to be swallowed in its garbage-collection
+    # callback (the tour then ran to the end with status 0) or to crash jaxlib.
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    package_root = str(pathlib.Path(jaxsecond.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+    out = tmp_path / "figs"
+    proc = subprocess.run(
+        [sys.executable, "-c", INTERRUPT_DURING_IMPORT, str(delay), "tour", "--out", str(out)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == _cli.EXIT_INTERRUPTED, proc.stderr
+    assert proc.stderr.strip() == "jaxsecond tour: interrupted"
+    assert not out.exists() or not any(out.iterdir())  # no example ran
+
+
 # --------------------------------------------------------------------------- bench
 
 BENCH_TOY = """

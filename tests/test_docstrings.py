@@ -6,6 +6,7 @@ import importlib
 import pytest
 
 MODULES = [
+    "jaxsecond",
     "jaxsecond.implicit._root",
     "jaxsecond.implicit._linear_solve",
     "jaxsecond.curvature._products",
