@@ -173,6 +173,33 @@ def test_active_levels_zero_the_output_and_the_gradient():
     assert levels == [2, 2, 3, 4, 5]
 
 
+def test_non_finite_points_give_nan_features_and_no_gradient():
+    # Such a point has no cell. Before, its arbitrary hashed rows got NaN gradients.
+    xla, pallas = _encodings()
+    w = jax.random.normal(jax.random.key(3), (xla.out_size,))
+    good = _points(4)
+    bad = jnp.array([[jnp.nan, 0.5, 0.5], [0.5, jnp.inf, 0.5], [-jnp.inf, 0.2, jnp.nan]])
+    xs = jnp.concatenate([good[:2], bad, good[2:]])
+    is_bad = jnp.array([False, False, True, True, True, False, False])
+
+    def loss(enc, tables, xs, skip):  # value and Eikonal terms, the skipped points masked
+        sdf = lambda x: _sdf(enc, tables, w, x)
+        terms = jax.vmap(sdf)(xs) ** 2
+        if enc.backend == "xla":  # the masking is the backends' shared wrapper: one suffices
+            terms += (jnp.linalg.norm(jax.vmap(jax.grad(sdf))(xs), axis=-1) - 1.0) ** 2
+        return jnp.sum(jnp.where(skip, 0.0, terms))
+
+    grads = jax.jit(jax.grad(loss, (1, 2)))  # one compile beats many eager dispatches
+    for enc in (xla, pallas):
+        out = jax.jit(enc)(xs)
+        assert jnp.all(jnp.isnan(out[is_bad])) and jnp.all(jnp.isfinite(out[~is_bad]))
+        g_tables, g_xs = grads(enc, enc.tables, xs, is_bad)
+        # The tables' gradient is that of the finite points alone.
+        ref, _ = grads(enc, enc.tables, good, jnp.zeros(4, bool))
+        assert_tree_allclose(g_tables, ref, rtol=RTOL, atol=ATOL)
+        assert jnp.all(g_xs[is_bad] == 0) and jnp.all(jnp.isfinite(g_xs))
+
+
 @pytest.mark.parametrize("mode", ["forward", "backward", "double_backward"])
 def test_pallas_path_lowers_for_cuda(mode):
     cfg = hashgrid.make_grid_config(3, 4, 2, 12, 16, 2.0)

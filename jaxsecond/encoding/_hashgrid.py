@@ -37,6 +37,8 @@ class HashGridEncoding(eqx.Module):
     Points outside ``[0, 1]^dim`` are not clamped (as in tiny-cuda-nn): their cell
     indices wrap around, so they read unrelated rows of the tables. Scale or clip
     inputs into the unit cube first (e.g. a scene's bounding box mapped onto it).
+    A point with a NaN or infinite coordinate encodes to NaN features and adds nothing
+    to any derivative (tiny-cuda-nn would read and write arbitrary rows for it).
 
     Coarse-to-fine training (NeuS2): ``encoding(x, active_levels=k)`` outputs zeros
     for levels ``k`` and above, which then get no gradient; :func:`coarse_to_fine_levels`
@@ -142,6 +144,11 @@ class HashGridEncoding(eqx.Module):
             raise TypeError(f"x must be floating point, got {x.dtype}")
         batch = x.shape[:-1]
         flat = x.reshape(-1, self.config.dim).astype(self.tables.dtype)
+        # A NaN or inf coordinate has no cell: its hashed indices would be arbitrary rows,
+        # and its NaN weights would write NaN into their table gradient. Encode a stand-in
+        # point instead and output NaN, whose zero cotangent keeps the tables clean.
+        finite = jnp.all(jnp.isfinite(flat), axis=-1)
+        flat = jnp.where(finite[:, None], flat, 0)
         # No points: nothing for a kernel to launch over (XLA handles the empty case).
         if self._resolved_backend() == "pallas" and flat.shape[0] > 0:
             interpret = jax.default_backend() != "gpu"
@@ -151,6 +158,7 @@ class HashGridEncoding(eqx.Module):
         if active_levels is not None:
             mask = jnp.arange(self.config.num_levels) < active_levels
             features = features * mask[None, :, None].astype(features.dtype)
+        features = jnp.where(finite[:, None, None], features, jnp.nan)
         return features.reshape(*batch, self.out_size)
 
     def with_backend(self, backend: str) -> HashGridEncoding:
