@@ -178,6 +178,22 @@ def test_adahessian_state_for_other_params_is_named():
         opt.update(jax.grad(_quadratic3)(p), opt.init(jnp.ones(4)), p, obj_fn=_quadratic3)
 
 
+def test_adahessian_without_damping_on_a_flat_direction():
+    # eps=0 gave NaN (0/0) where there is no gradient and -inf where there is one.
+    opt = js.scale_by_adahessian(b1=0.0, b2=0.0, eps=0.0)
+    step = jax.jit(
+        lambda loss, p: opt.update(jax.grad(loss)(p), opt.init(p), p, obj_fn=loss),
+        static_argnums=0,
+    )
+    p = jnp.array([1.0, 1.0])
+    flat_no_gradient = lambda p: jnp.sum(jnp.array([2.0, 0.0]) * p**2)
+    updates, _ = step(flat_no_gradient, p)
+    np.testing.assert_array_equal(updates, [1.0, 0.0])  # Newton step; no step along 0/0
+    flat_with_gradient = lambda p: flat_no_gradient(p) - 3.0 * p[1]
+    with pytest.raises(Exception, match="zero curvature estimate, so its step is infinite"):
+        jax.block_until_ready(step(flat_with_gradient, p))
+
+
 def _quadratic3(p):
     return jnp.sum(p**2)
 

@@ -124,9 +124,9 @@ def scale_by_adahessian(
     Args:
         b1, b2: decay rates of the first moment and of the Hessian second moment.
         eps: added to the denominator, >= 0. With eps = 0 the update divides by the
-            raw estimate, so a direction of zero curvature gets an infinite update: use
-            it only where every direction is known to be curved (e.g. an exact Newton
-            step on a strictly convex quadratic).
+            raw estimate (e.g. an exact Newton step on a strictly convex quadratic): a
+            parameter without gradient does not move, and one with a gradient but a
+            zero curvature estimate raises at run time instead of stepping to infinity.
         hessian_power: ``k`` in ``(sqrt(v))^k``, in (0, 1] (1 in the paper).
         spatial_average: how each leaf's estimate is averaged: ``"oihw"`` (default:
             4-D leaves are 2-D convolution kernels laid out ``(out, in, h, w)`` as
@@ -179,6 +179,7 @@ def scale_by_adahessian(
         )
     if isinstance(eps, int | float) and not eps >= 0:
         raise ValueError(f"eps must be >= 0, got {eps!r}")
+    undamped = isinstance(eps, int | float) and eps == 0
     if not (isinstance(spatial_average, tuple) or spatial_average in LAYOUTS):
         raise ValueError(
             f"spatial_average must be one of {LAYOUTS} or a tuple of axes, got {spatial_average!r}"
@@ -282,9 +283,21 @@ def scale_by_adahessian(
         def scale(m, v):
             m_hat = m / bc1.astype(m.dtype)
             v_hat = v / jnp.maximum(bc2, jnp.finfo(real).tiny).astype(v.dtype)
+            if undamped:
+                # No gradient, no step, even where the estimate is zero too (0/0).
+                denominator = jnp.sqrt(v_hat) ** hessian_power
+                return jnp.where(m_hat == 0, 0, m_hat / jnp.where(m_hat == 0, 1, denominator))
             return m_hat / (jnp.sqrt(v_hat) ** hessian_power + eps)
 
         new_updates = jax.tree.map(scale, mu, nu)
+        if undamped:
+            infinite = jax.tree.map(lambda u: jnp.any(jnp.isinf(u)), new_updates)
+            new_updates = eqx.error_if(
+                new_updates,
+                jnp.any(jnp.stack(jax.tree.leaves(infinite) or [jnp.bool_(False)])),
+                "adahessian with eps=0: a parameter with a gradient has a zero curvature "
+                "estimate, so its step is infinite; use eps > 0",
+            )
         return new_updates, ScaleByAdaHessianState(count, hessian_count, mu, nu, state.key)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
