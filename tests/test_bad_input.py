@@ -72,7 +72,7 @@ def test_root_jvp_and_vjp_take_tuples_of_arguments():
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        ({"seed": -1}, ValueError, "seed must be a Python int >= 0, got -1"),
+        ({"seed": -1}, ValueError, "seed must be an integer >= 0, got -1"),
         ({"eps": -1e-8}, ValueError, "eps must be >= 0"),
         ({"key": 0}, TypeError, "key must be a single jax.random key"),
     ],

@@ -162,21 +162,14 @@ def scale_by_adahessian(
     # only Python numbers can be checked here.
     if isinstance(hessian_power, int | float) and not 0 < hessian_power <= 1:
         raise ValueError(f"hessian_power must be in (0, 1], got {hessian_power!r}")
-    for name, value in (
-        ("update_interval", update_interval),
-        ("num_samples", num_samples),
-        ("block_size", 1 if block_size is None else block_size),
-    ):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(
-                f"{name} must be a Python int >= 1, got {value!r} (with "
-                "optax.inject_hyperparams, list it in static_args)"
-            )
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(
-            f"seed must be a Python int >= 0, got {seed!r} (with optax.inject_hyperparams, "
-            "list it in static_args)"
-        )
+    hint = " (with optax.inject_hyperparams, list it in static_args)"
+    try:  # NumPy integers are accepted and made Python ints
+        update_interval = check_count(update_interval, "update_interval")
+        num_samples = check_count(num_samples, "num_samples")
+        block_size = None if block_size is None else check_count(block_size, "block_size")
+        seed = check_count(seed, "seed", minimum=0)
+    except ValueError as error:
+        raise ValueError(f"{error}{hint}") from None
     if isinstance(eps, int | float) and not eps >= 0:
         raise ValueError(f"eps must be >= 0, got {eps!r}")
     undamped = isinstance(eps, int | float) and eps == 0
