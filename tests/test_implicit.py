@@ -491,3 +491,86 @@ def test_numpy_black_box_solver(ridge):
         assert_tree_allclose(jac, ref, rtol=TOL, atol=TOL)
     with pytest.raises(TypeError, match=r"numpy_ridge cannot be traced .*pure_callback"):
         jax.jit(lambda lam: numpy_ridge(w0, X, y, lam)[0])(lam)
+
+
+# --------------------------------------------------------------------------- call conventions
+
+
+def _ridge_optimality(w, X, y, lam):
+    return (X @ w - y) @ X + lam * w
+
+
+def _ridge_closed_form_grad(X, y, lam):
+    # d/dlam of sum(w*) with w* = (X^T X + lam I)^{-1} X^T y is -1^T (X^T X + lam I)^{-1} w*.
+    M = X.T @ X + lam * jnp.eye(X.shape[1])
+    return -jnp.sum(jnp.linalg.solve(M, jnp.linalg.solve(M, X.T @ y)))
+
+
+def test_init_params_none_takes_the_structure_from_the_output():
+    X, y = _ridge_data(jax.random.key(0), n=8, d=3)[:2]
+
+    @jaxsecond.custom_root(_ridge_optimality, symmetric=True, has_aux=True)
+    def ridge(w0, X, y, lam):
+        assert w0 is None  # handed on unchanged
+        M = X.T @ X + lam * jnp.eye(X.shape[1])
+        return {"w": jnp.linalg.solve(M, X.T @ y)}["w"], "aux"
+
+    grad = jax.jit(jax.grad(lambda lam: jnp.sum(ridge(None, X, y, lam)[0])))(0.5)
+    np.testing.assert_allclose(grad, _ridge_closed_form_grad(X, y, 0.5), rtol=1e-10)
+    assert ridge(None, X, y, 0.5)[1] == "aux"
+
+
+def test_solver_defaults_keywords_and_options_reach_the_optimality_function():
+    X, y = _ridge_data(jax.random.key(1), n=8, d=3)[:2]
+    expected = _ridge_closed_form_grad(X, y, 0.5)
+
+    def solve(w0, X, y, lam=0.5, maxiter=300):  # a default, and an option F does not take
+        step = 1 / jnp.linalg.norm(X.T @ X + lam * jnp.eye(3), 2)
+        body = lambda _, w: w - step * _ridge_optimality(w, X, y, lam)
+        return jax.lax.fori_loop(0, maxiter, body, w0)
+
+    variants = {
+        "named": jaxsecond.custom_root(_ridge_optimality, symmetric=True)(solve),
+        # jaxopt's habit: an optimality function of *args, solver called by keyword.
+        # (*args takes every argument, so this solver has no option F would choke on.)
+        "star_args": jaxsecond.custom_root(
+            lambda w, *args: _ridge_optimality(w, *args), symmetric=True
+        )(lambda w0, X, y, lam=0.5: solve(w0, X, y, lam)),
+    }
+    w0 = jnp.zeros(3)
+    for name, ridge in variants.items():
+        calls = {
+            "lam by default": lambda lam: ridge(w0, X, y),
+            "lam by keyword": lambda lam: ridge(w0, X=X, y=y, lam=lam),
+            "option by keyword": lambda lam: ridge(w0, X, y, lam, maxiter=400),
+        }
+        if name == "star_args":
+            del calls["option by keyword"]
+        for call, f in calls.items():
+            g = jax.jit(jax.grad(lambda lam: jnp.sum(f(lam))))(0.5)
+            # The default lam is not the differentiated one: its derivative is zero.
+            want = 0.0 if call == "lam by default" else expected
+            np.testing.assert_allclose(g, want, rtol=1e-8, atol=1e-12, err_msg=f"{name}, {call}")
+    with pytest.raises(
+        TypeError, match="solve cannot take these arguments: missing a required argument"
+    ):
+        variants["named"](w0, X)
+
+
+def test_jaxopt_call_sites_port_unchanged():
+    jaxopt = pytest.importorskip("jaxopt")
+    X, y = _ridge_data(jax.random.key(2), n=8, d=3)[:2]
+
+    def solve(w0, X, y, lam=0.5):
+        return jnp.linalg.solve(X.T @ X + lam * jnp.eye(X.shape[1]), X.T @ y)
+
+    ours = jaxsecond.custom_root(_ridge_optimality)(solve)
+    theirs = jaxopt.implicit_diff.custom_root(_ridge_optimality)(solve)
+    for f in (
+        lambda r, lam: r(None, X, y, lam),
+        lambda r, lam: r(jnp.zeros(3), X=X, y=y, lam=lam),
+        lambda r, lam: r(jnp.zeros(3), X, y=y, lam=lam),
+    ):
+        g_ours = jax.grad(lambda lam: jnp.sum(f(ours, lam)))(0.7)
+        g_theirs = jax.grad(lambda lam: jnp.sum(f(theirs, lam)))(0.7)
+        np.testing.assert_allclose(g_ours, g_theirs, rtol=1e-10)

@@ -15,6 +15,7 @@ F. Pedregosa, J.-P. Vert, "Efficient and Modular Implicit Differentiation", Neur
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -296,6 +297,91 @@ def _check_options(symmetric, has_aux, residual_tol, preconditioner):
         )
 
 
+def _signature(fn):
+    try:
+        return inspect.signature(fn)
+    except (TypeError, ValueError):  # builtins and some C callables have none
+        return None
+
+
+def _bind_arguments(solver, solver_name, optimality_fun, reference, args, kwargs):
+    """The solver's arguments, and the optimality function that sees them as it should.
+
+    The call is bound to the solver's signature, so an argument the caller left at the
+    solver's default reaches the optimality function too, and keyword arguments become
+    positional where the solver's signature allows (an optimality function taking
+    ``*args`` then accepts them), as jaxopt does. Of: defaults filled in, bound as
+    called, unchanged, the first form ``reference`` (the optimality function's
+    signature) accepts is used. Failing all three, the optimality function is given,
+    by name, the solver arguments its signature names: a solver option it does not take
+    (``maxiter``) then stays with the solver, and the solution gets no derivative
+    through it (the root does not move with it).
+    """
+    solver_sig = _signature(solver)
+    if solver_sig is None or reference is None:
+        return args, kwargs, optimality_fun
+    try:
+        bound = solver_sig.bind(None, *args, **kwargs)
+    except TypeError as e:  # the solver would raise the same; say it before tracing
+        raise TypeError(f"solver {solver_name} cannot take these arguments: {e}") from None
+    defaulted = solver_sig.bind(None, *args, **kwargs)
+    defaulted.apply_defaults()
+    candidates = (
+        (defaulted.args[1:], defaulted.kwargs),
+        (bound.args[1:], bound.kwargs),
+        (args, kwargs),
+    )
+    for cand_args, cand_kwargs in candidates:
+        try:
+            reference.bind(None, *cand_args, **cand_kwargs)
+        except TypeError:
+            continue
+        return tuple(cand_args), dict(cand_kwargs), optimality_fun
+    wanted = [
+        name
+        for name, p in list(reference.parameters.items())[1:]
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    ]
+    if not wanted or not set(wanted) <= set(defaulted.arguments):
+        return args, kwargs, optimality_fun  # the optimality check reports the mismatch
+
+    @functools.wraps(optimality_fun)
+    def optimality_by_name(params, *args, **kwargs):
+        named = solver_sig.bind(None, *args, **kwargs)
+        named.apply_defaults()
+        return optimality_fun(params, **{name: named.arguments[name] for name in wanted})
+
+    return tuple(bound.args[1:]), dict(bound.kwargs), optimality_by_name
+
+
+def _init_from_output(solver, solver_name, has_aux, args, kwargs):
+    """``init_params=None``: zeros shaped like the solver's output, and a solver that
+    is handed ``None`` again (the zeros only carry the structure)."""
+    try:
+        out = eqx.filter_eval_shape(solver, None, *args, **kwargs)
+    except _TRACER_ERRORS as e:
+        raise TypeError(
+            f"init_params=None needs a solver JAX can trace (the solution's structure is "
+            f"read from {solver_name}'s output); pass init_params explicitly"
+        ) from e
+    if has_aux:
+        if not (isinstance(out, tuple) and len(out) == 2):
+            raise ValueError(
+                f"solver {solver_name} was declared with has_aux=True, so it must return a "
+                f"pair (params, aux); it returned {type(out).__name__}"
+            )
+        out = out[0]
+    params = jax.tree.map(
+        lambda leaf: jnp.zeros(leaf.shape, leaf.dtype) if _is_arrayish(leaf) else leaf, out
+    )
+
+    @functools.wraps(solver)
+    def solver_from_none(_structure, *args, **kwargs):
+        return solver(None, *args, **kwargs)
+
+    return params, solver_from_none
+
+
 def _check_tuple(value, name, caller):
     # A bare array would be iterated over (or fail as a 0-d array) deep inside.
     if not isinstance(value, tuple | list):
@@ -342,7 +428,12 @@ def custom_root(
     """Decorate a solver so that its solution is differentiated implicitly.
 
     The decorated ``solver(init_params, *args, **kwargs)`` returns ``params`` with
-    ``optimality_fun(params, *args, **kwargs) == 0``. Derivatives of the solution are
+    ``optimality_fun(params, *args, **kwargs) == 0``. ``init_params=None`` is passed on
+    to the solver, and the solution's structure is read from its output. The call is
+    bound to the solver's signature first, as jaxopt does: arguments left at the
+    solver's defaults reach ``optimality_fun`` too (when it takes them), and keyword
+    arguments are passed by position where the solver's signature allows, so an
+    ``optimality_fun(params, *args)`` accepts them. Derivatives of the solution are
     taken through that optimality condition, never through the solver's iterations:
     one linear solve with the Jacobian ``J = d optimality_fun / d params`` per
     derivative direction. They flow to every array in ``args`` and ``kwargs`` and to
@@ -425,27 +516,34 @@ def custom_root(
         if not callable(solver):
             raise TypeError(f"custom_root decorates a solver function, got {solver!r}")
         solver_name = callable_name(solver)
+        reference = _signature(optimality_fun)
 
         @functools.wraps(solver)
         def wrapped(init_params, *args, **kwargs):
-            params, params_dyn, params_static = _split_params(init_params, solver_name)
+            args, kwargs, optimality = _bind_arguments(
+                solver, solver_name, optimality_fun, reference, args, kwargs
+            )
             theta = as_array_leaves((args, kwargs))
             args_, kwargs_ = theta
-            _check_optimality(optimality_fun, opt_name, params, args_, kwargs_)
+            run = solver
+            if init_params is None:
+                init_params, run = _init_from_output(solver, solver_name, has_aux, args_, kwargs_)
+            params, params_dyn, params_static = _split_params(init_params, solver_name)
+            _check_optimality(optimality, opt_name, params, args_, kwargs_)
             # Closure conversion makes traced values the solver closes over explicit. A
             # solver JAX cannot trace (a NumPy/SciPy black box) is run as it is, on
             # concrete values, and checked on its output instead.
             try:
-                s_conv = eqx.filter_closure_convert(solver, params, *args_, **kwargs_)
+                s_conv = eqx.filter_closure_convert(run, params, *args_, **kwargs_)
                 out_shape = eqx.filter_eval_shape(s_conv, params, *args_, **kwargs_)
             except _TRACER_ERRORS:
-                s_conv, out_shape = solver, None
+                s_conv, out_shape = run, None
             aux_static = None
             if out_shape is not None:
                 _check_solver_output(solver_name, has_aux, params, out_shape)
                 if has_aux:
                     aux_static = eqx.filter(out_shape[1], _is_arrayish, inverse=True)
-            f_conv = eqx.filter_closure_convert(optimality_fun, params, *args_, **kwargs_)
+            f_conv = eqx.filter_closure_convert(optimality, params, *args_, **kwargs_)
             linear = _linear_config(
                 solve, symmetric, params_dyn, rtol, atol, max_steps, preconditioner
             )
@@ -513,6 +611,10 @@ def custom_fixed_point(
             return jax.tree.map(jnp.subtract, nxt, params)
 
     optimality_fun.__qualname__ = f"fixed-point residual of {callable_name(fixed_point_fun)}"
+    # Arguments are bound against the user's function, not this wrapper's (*args, **kwargs).
+    reference = _signature(fixed_point_fun)
+    if reference is not None:
+        optimality_fun.__signature__ = reference
     return custom_root(optimality_fun, solve=solve, has_aux=has_aux, symmetric=symmetric, **options)
 
 
