@@ -54,7 +54,14 @@ _EXPORTS_BY_SUBPACKAGE = {
         "sdeint",
     ),
     "encoding": ("HashGridEncoding", "coarse_to_fine_levels"),
-    "implicit": ("custom_fixed_point", "custom_root", "root_jvp", "root_vjp"),
+    "implicit": (
+        "KKTSolution",
+        "custom_fixed_point",
+        "custom_root",
+        "quadratic_program",
+        "root_jvp",
+        "root_vjp",
+    ),
     "optim": (
         "ScaleByAdaHessianState",
         "adahessian",
@@ -62,13 +69,33 @@ _EXPORTS_BY_SUBPACKAGE = {
         "value_grad_and_hessian_diagonal",
     ),
 }
-_SUBPACKAGES = ("curvature", "diffeq", "encoding", "implicit", "nas", "optim", "parallel")
+_SUBPACKAGES = (
+    "curvature",
+    "diffeq",
+    "encoding",
+    "implicit",
+    "nas",
+    "optim",
+    "parallel",
+    "projection",
+    "prox",
+)
 _HOME = {name: sub for sub, names in _EXPORTS_BY_SUBPACKAGE.items() for name in names}
 
 __all__ = [*_SUBPACKAGES, *_HOME]
 
 if TYPE_CHECKING:  # static tools see the eager imports
-    from jaxsecond import curvature, diffeq, encoding, implicit, nas, optim, parallel  # noqa: F401
+    from jaxsecond import (  # noqa: F401
+        curvature,
+        diffeq,
+        encoding,
+        implicit,
+        nas,
+        optim,
+        parallel,
+        projection,
+        prox,
+    )
     from jaxsecond.curvature import *  # noqa: F403
     from jaxsecond.diffeq import *  # noqa: F403
     from jaxsecond.encoding import *  # noqa: F403
