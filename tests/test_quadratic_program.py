@@ -54,7 +54,8 @@ def _kkt_residuals(Q, c, A, b, G, h, sol):
 
 @pytest.mark.parametrize("n", [10, pytest.param(40, marks=pytest.mark.slow)])
 def test_random_problems_are_solved_and_differentiated(n):
-    Q, c, A, b, G, h = args = _problem(jax.random.key(n), n, n // 5, n)
+    args = _problem(jax.random.key(n), n, n // 5, n)
+    G, h = args[4:]
     sol = jax.jit(quadratic_program)(*args)
     for name, r in _kkt_residuals(*args, sol).items():
         assert float(jnp.max(jnp.abs(r))) < 1e-9, name
