@@ -221,18 +221,20 @@ def projected_gradient_condition(fun: Callable, projection: Callable, stepsize=1
 
 
 def mirror_descent_condition(
-    fun: Callable, projection_grad: Callable, mapping_fun: Callable, stepsize=1.0
+    fun: Callable, projection: Callable, mapping_fun: Callable, stepsize=1.0
 ) -> Callable:
     """Fixed point of mirror descent for ``min fun(x) s.t. x in C``.
 
-    With the mirror map ``mapping_fun = grad phi`` and ``projection_grad(y,
-    hyperparams_proj)`` the Bregman projection (under ``phi``) of the point whose
-    mirror image is ``y``, returns ``optimality_fun(params, hyperparams_proj, *args,
-    **kwargs) = projection_grad(mapping_fun(params) - stepsize * grad fun(params,
-    ...), hyperparams_proj) - params``. The classic case is the probability simplex
-    with the negative entropy: ``mapping_fun = jnp.log`` and ``projection_grad = lambda
-    y, _: jax.nn.softmax(y)`` (exponentiated gradient), whose iterates stay in the
-    simplex's interior, so the condition is smooth where the projected one has kinks.
+    With the mirror map ``mapping_fun = grad phi`` and ``projection(y,
+    hyperparams_proj)`` the Bregman projection (under ``phi``) onto ``C`` of the point
+    whose mirror image is ``y`` (the two arguments of jaxopt's
+    ``MirrorDescent.make_projection_grad``), returns ``optimality_fun(params,
+    hyperparams_proj, *args, **kwargs) = projection(mapping_fun(params) - stepsize *
+    grad fun(params, ...), hyperparams_proj) - params``. The classic case is the
+    probability simplex with the negative entropy: ``mapping_fun = jnp.log`` and
+    ``projection = lambda y, _: jax.nn.softmax(y)`` (exponentiated gradient), whose
+    iterates stay in the simplex's interior, so the condition is smooth where the
+    projected one has kinks.
 
     Example:
         >>> import jax, jax.numpy as jnp, jaxsecond
@@ -252,7 +254,7 @@ def mirror_descent_condition(
     methods for convex optimization" (2003); Blondel et al. (2022), section 2.2.
     """
     _check_callable(fun, "fun", "mirror_descent_condition")
-    _check_callable(projection_grad, "projection_grad", "mirror_descent_condition")
+    _check_callable(projection, "projection", "mirror_descent_condition")
     _check_callable(mapping_fun, "mapping_fun", "mirror_descent_condition")
     _check_stepsize(stepsize, "mirror_descent_condition")
     grad = jax.grad(fun)
@@ -260,7 +262,7 @@ def mirror_descent_condition(
     def optimality_fun(params, hyperparams_proj, *args, **kwargs):
         mirrored = jax.tree.map(mapping_fun, params)
         step = _axpy(-stepsize, grad(params, *args, **kwargs), mirrored)
-        return _sub(projection_grad(step, hyperparams_proj), params)
+        return _sub(projection(step, hyperparams_proj), params)
 
     return _named(optimality_fun, f"mirror_descent_condition({callable_name(fun)})")
 
