@@ -8,6 +8,8 @@ import pytest
 MODULES = [
     "jaxsecond",
     "jaxsecond.implicit._root",
+    "jaxsecond.implicit._conditions",
+    "jaxsecond.implicit._quadratic_program",
     "jaxsecond.implicit._linear_solve",
     "jaxsecond.curvature._products",
     "jaxsecond.curvature._hutchinson",
@@ -25,6 +27,9 @@ MODULES = [
     "jaxsecond.nas._search_space",
     "jaxsecond.nas._width",
     "jaxsecond.nas._train",
+    "jaxsecond.prox._prox",
+    "jaxsecond.projection._projection",
+    "jaxsecond.projection._birkhoff",
 ]
 
 
