@@ -36,6 +36,7 @@ def test_rarts_digits_data_split(rd):
     assert rows(Xa) | rows(Xb) == rows(X)
 
 
+@pytest.mark.slow  # search plus retraining; test_nas covers the search steps themselves
 def test_rarts_search_finds_a_cell_that_beats_chance(rd):
     config = dataclasses.replace(rd.QUICK, search_steps=80, retrain_epochs=6)
     data = rd.load_data(0)

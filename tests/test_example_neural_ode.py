@@ -11,6 +11,7 @@ import pathlib
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import jaxsecond
 from tests.helpers import headline_numbers, load_example, rel_err
@@ -39,6 +40,7 @@ def test_reversible_gradient_matches_store_all():
     assert rel_err(g_fine, g_all) > 100 * rel_err(g_rev, g_all)
 
 
+@pytest.mark.slow  # the whole quick run; its gradient and memory claims have their own tests
 def test_neural_ode_run(tmp_path):
     ex = load_example("neural_ode_spiral")
     result = ex.run(tmp_path)

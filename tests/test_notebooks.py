@@ -130,10 +130,10 @@ def test_notebooks_are_committed_without_outputs():
                 assert cell.get("execution_count") is None, name
 
 
-# The default run executes three notebooks; the other three (whose areas are covered by
+# The default run executes two notebooks; the other four (whose areas are covered by
 # their own tests, examples and docstring examples) run with `pytest -m slow`, to keep
 # CI within its time budget.
-SLOW_NOTEBOOKS = {"02_curvature", "03_ode_sde_gradients", "06_hashgrid_eikonal"}
+SLOW_NOTEBOOKS = {"02_curvature", "03_ode_sde_gradients", "04_adahessian", "06_hashgrid_eikonal"}
 
 
 @pytest.mark.parametrize(

@@ -344,6 +344,7 @@ def test_birkhoff_membership_and_optimality_over_all_vertices():
     np.testing.assert_allclose(_birkhoff(jnp.asarray(P[0])), P[0], atol=1e-9)
 
 
+@pytest.mark.slow  # jaxopt's L-BFGS at a tight tolerance; optimality is proved above
 def test_birkhoff_matches_jaxopt():
     jp = pytest.importorskip("jaxopt.projection")
     from jaxopt import LBFGS
