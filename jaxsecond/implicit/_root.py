@@ -360,9 +360,11 @@ def _init_from_output(solver, solver_name, has_aux, args, kwargs):
     try:
         out = eqx.filter_eval_shape(solver, None, *args, **kwargs)
     except _TRACER_ERRORS as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise TypeError(
-            f"init_params=None needs a solver JAX can trace (the solution's structure is "
-            f"read from {solver_name}'s output); pass init_params explicitly"
+            f"init_params=None: the solution's structure is read by tracing {solver_name}, "
+            f"which failed ({type(e).__name__}: {first}). Fix the solver if that is a bug; "
+            "if it is a NumPy/SciPy black box, pass init_params explicitly"
         ) from e
     if has_aux:
         if not (isinstance(out, tuple) and len(out) == 2):
