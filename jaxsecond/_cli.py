@@ -83,7 +83,7 @@ class _Interrupts:
     @contextlib.contextmanager
     def deferred(self):
         """Hold interrupts until the block ends: jaxlib can crash (SIGSEGV) when its
-        extension's initialisation is interrupted, so imports are never cut short."""
+        extension's initialisation is interrupted, so importing JAX is never cut short."""
         self._deferring = True
         try:
             yield
@@ -145,9 +145,10 @@ def _cmd_tour(ns: argparse.Namespace) -> int:
 
     from jaxsecond import _registry
 
+    with _INTERRUPTS.deferred():
+        import jax  # noqa: F401  (jaxlib's initialisation is the part not to interrupt)
     try:
-        with _INTERRUPTS.deferred():
-            examples = _registry.discover()
+        examples = _registry.discover()
     except Exception as exc:
         hint = ""
         if isinstance(exc, ModuleNotFoundError) and exc.name == "jaxsecond.examples":
