@@ -254,7 +254,14 @@ def test_l1_sphere_matches_jaxopt_away_from_zero_entries():
 # --------------------------------------------------------------------------- derivatives
 
 
-@pytest.mark.parametrize("name", SIMPLE)
+# Second order where the projection is curved (or its kink structure is rich); the
+# piecewise-linear rest (zero Hessian between kinks) run with `pytest -m slow`.
+CURVED = {"simplex", "l1_ball", "l2_ball", "l2_sphere", "affine_set"}
+
+
+@pytest.mark.parametrize(
+    "name", [n if n in CURVED else pytest.param(n, marks=pytest.mark.slow) for n in SIMPLE]
+)
 def test_check_grads_second_order(name):
     # Reverse mode, first and second order, against central differences in x and in the
     # set's parameters (forward mode is checked against jaxopt above and by the closed
