@@ -19,7 +19,10 @@ from tests.helpers import load_benchmark
 
 # One worker runs the whole module: its module-scoped fixtures and cached references are
 # computed once (pytest -n 2 --dist loadgroup).
-pytestmark = pytest.mark.xdist_group("bench_curvature")
+# Benchmark scripts' own comparisons: they check themselves against references when
+# run, and the library has its own tests, so they run with `pytest -m slow` (and
+# before a benchmark run), outside CI's time budget.
+pytestmark = [pytest.mark.xdist_group("bench_curvature"), pytest.mark.slow]
 
 NAME = "bench_curvature"
 

@@ -23,6 +23,11 @@ import pytest
 import jaxsecond
 from tests.helpers import load_benchmark
 
+# Benchmark scripts' own comparisons: they check themselves against references when
+# run, and the library has its own tests, so they run with `pytest -m slow` (and
+# before a benchmark run), outside CI's time budget.
+pytestmark = pytest.mark.slow
+
 NAME = "bench_diffeq"
 
 

@@ -6,9 +6,15 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import pytest
 from jaxsecond.kernels import hashgrid
 
 from tests.helpers import load_benchmark
+
+# Benchmark scripts' own comparisons: they check themselves against references when
+# run, and the library has its own tests, so they run with `pytest -m slow` (and
+# before a benchmark run), outside CI's time budget.
+pytestmark = pytest.mark.slow
 
 
 def test_check_and_workloads():

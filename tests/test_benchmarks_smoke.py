@@ -13,6 +13,11 @@ import pytest
 
 from tests.helpers import load_benchmark
 
+# Benchmark scripts' own comparisons: they check themselves against references when
+# run, and the library has its own tests, so they run with `pytest -m slow` (and
+# before a benchmark run), outside CI's time budget.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def unrolled_bench():

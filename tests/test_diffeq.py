@@ -61,6 +61,7 @@ def _oscillator(a, rtol, **kw):
     return ts, js.odeint(vf, jnp.array([1.0, 0.0]), ts, a, rtol=rtol, atol=rtol, **kw)
 
 
+@pytest.mark.slow  # tolerance tracking and adaptive derivatives: test_diffeq_adaptive's
 def test_dopri5_adaptive_tracks_tolerance_and_differentiates():
     exact = lambda ts, a: jnp.cos(jnp.sqrt(a) * ts)
     steps = []
