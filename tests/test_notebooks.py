@@ -36,15 +36,16 @@ def execute(name: str, tmp_path) -> dict:
         resources={"metadata": {"path": str(tmp_path)}},
     )
     client.execute(env=env)  # passed on to the kernel's launch
-    lines = [
-        line
+    # A cell's stdout may arrive in several stream outputs, split anywhere (print writes
+    # its arguments one by one, and the kernel flushes on a timer): join them first.
+    stdout = "".join(
+        output.get("text", "")
         for cell in nb.cells
         if cell.cell_type == "code"
         for output in cell.get("outputs", [])
         if output.get("output_type") == "stream" and output.get("name") == "stdout"
-        for line in output.get("text", "").splitlines()
-        if line.startswith("RESULT ")
-    ]
+    )
+    lines = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
     assert len(lines) == 1, f"{name}: expected one RESULT line, got {lines}"
     return json.loads(lines[0][len("RESULT ") :])
 
