@@ -10,6 +10,19 @@ import jax.numpy as jnp
 import numpy as np
 
 
+def concrete_value(value):
+    """``value`` as a NumPy array when it is known at trace time, else ``None``.
+
+    Checks must look at the caller's value: inside ``jit`` even ``jnp.asarray`` of a
+    constant is a tracer, and a traced value is the caller's to check."""
+    if isinstance(value, jax.core.Tracer):
+        return None
+    try:
+        return np.asarray(value)
+    except (TypeError, ValueError, jax.errors.JAXTypeError):
+        return None
+
+
 def check_count(value, name: str, minimum: int = 1) -> int:
     """``value`` is an integer ``>= minimum``: a Python or NumPy integer (``bool`` is
     refused); returned as a Python ``int``."""

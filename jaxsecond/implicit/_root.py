@@ -304,7 +304,7 @@ def _signature(fn):
         return None
 
 
-def _bind_arguments(solver, solver_name, optimality_fun, reference, args, kwargs):
+def _bind_arguments(solver_sig, solver_name, optimality_fun, reference, args, kwargs):
     """The solver's arguments, and the optimality function that sees them as it should.
 
     The call is bound to the solver's signature, so an argument the caller left at the
@@ -317,14 +317,13 @@ def _bind_arguments(solver, solver_name, optimality_fun, reference, args, kwargs
     (``maxiter``) then stays with the solver, and the solution gets no derivative
     through it (the root does not move with it).
     """
-    solver_sig = _signature(solver)
     if solver_sig is None or reference is None:
         return args, kwargs, optimality_fun
     try:
         bound = solver_sig.bind(None, *args, **kwargs)
     except TypeError as e:  # the solver would raise the same; say it before tracing
         raise TypeError(f"solver {solver_name} cannot take these arguments: {e}") from None
-    defaulted = solver_sig.bind(None, *args, **kwargs)
+    defaulted = inspect.BoundArguments(solver_sig, dict(bound.arguments))
     defaulted.apply_defaults()
     candidates = (
         (defaulted.args[1:], defaulted.kwargs),
@@ -518,12 +517,13 @@ def custom_root(
         if not callable(solver):
             raise TypeError(f"custom_root decorates a solver function, got {solver!r}")
         solver_name = callable_name(solver)
-        reference = _signature(optimality_fun)
+        # Inspected once here, not on every call of the decorated solver.
+        solver_sig, reference = _signature(solver), _signature(optimality_fun)
 
         @functools.wraps(solver)
         def wrapped(init_params, *args, **kwargs):
             args, kwargs, optimality = _bind_arguments(
-                solver, solver_name, optimality_fun, reference, args, kwargs
+                solver_sig, solver_name, optimality_fun, reference, args, kwargs
             )
             theta = as_array_leaves((args, kwargs))
             args_, kwargs_ = theta

@@ -39,11 +39,10 @@ import lineax as lx
 import numpy as np
 from jax.scipy.special import logsumexp
 
-from jaxsecond._checks import check_count
+from jaxsecond._checks import check_count, concrete_value
 from jaxsecond.implicit._root import custom_root
 from jaxsecond.projection._projection import (
     _as_float_array,
-    _concrete,
     simplex,
     simplex_threshold,
 )
@@ -68,7 +67,7 @@ def _check_inputs(sim_matrix, marginals, fn, max_iter, tol):
         raise ValueError(f"{fn}: tol must be a positive number or None, got {tol!r}")
     if not (isinstance(marginals, tuple | list) and len(marginals) == 2):
         raise TypeError(f"{fn}: marginals must be a pair (a, b), got {marginals!r}")
-    a_known, b_known = _concrete(marginals[0]), _concrete(marginals[1])
+    a_known, b_known = concrete_value(marginals[0]), concrete_value(marginals[1])
     a = _as_float_array(marginals[0], "marginals[0]", fn)
     b = _as_float_array(marginals[1], "marginals[1]", fn)
     if a.shape != (S.shape[0],) or b.shape != (S.shape[1],):

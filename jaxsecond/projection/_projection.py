@@ -29,6 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxsecond._checks import concrete_value
+
 # ---------------------------------------------------------------------------------------
 # Trace-time checks.
 # ---------------------------------------------------------------------------------------
@@ -75,19 +77,6 @@ def _as_vector(x, fn: str):
     return arr
 
 
-def _concrete(v):
-    """``v`` as a NumPy array when its value is known at trace time, else ``None``.
-
-    Checks must look at the caller's value: inside ``jit`` even ``jnp.asarray`` of a
-    constant is a tracer."""
-    if isinstance(v, jax.core.Tracer):
-        return None
-    try:
-        return np.asarray(v)
-    except (TypeError, ValueError, jax.errors.JAXTypeError):
-        return None
-
-
 def _positive_scalar(value, name: str, fn: str, dtype):
     """A scalar ``> 0`` (checked when concrete) cast to ``dtype``."""
     if isinstance(value, bool | np.bool_) or not isinstance(
@@ -99,7 +88,7 @@ def _positive_scalar(value, name: str, fn: str, dtype):
         raise ValueError(f"{fn}: {name} must be a scalar, got shape {arr.shape}")
     if not jnp.issubdtype(arr.dtype, jnp.floating) and not jnp.issubdtype(arr.dtype, jnp.integer):
         raise TypeError(f"{fn}: {name} must be a positive real number, got dtype {arr.dtype}")
-    known = _concrete(value)
+    known = concrete_value(value)
     if known is not None and not float(known) > 0:
         raise ValueError(f"{fn}: {name} must be > 0, got {float(known)!r}")
     return arr.astype(dtype)
@@ -196,13 +185,13 @@ def _box_leaf(v, lo, hi):
 
 
 def _check_box_order(lower, upper, fn):
-    # On the caller's values (see _concrete); pytrees of bounds leaf by leaf.
+    # On the caller's values (see concrete_value); pytrees of bounds leaf by leaf.
     lo_leaves, hi_leaves = jax.tree.leaves(lower), jax.tree.leaves(upper)
     if len(lo_leaves) != len(hi_leaves):
         lo_leaves = lo_leaves * len(hi_leaves) if len(lo_leaves) == 1 else lo_leaves
         hi_leaves = hi_leaves * len(lo_leaves) if len(hi_leaves) == 1 else hi_leaves
     for lo, hi in zip(lo_leaves, hi_leaves, strict=False):
-        lo, hi = _concrete(lo), _concrete(hi)
+        lo, hi = concrete_value(lo), concrete_value(hi)
         if lo is not None and hi is not None and bool(np.any(lo > hi)):
             raise ValueError(
                 f"{fn}: the box is empty: some entry of lower exceeds the matching entry of upper"
@@ -531,7 +520,7 @@ def projection_l2_sphere(x: Any, value: float = 1.0) -> Any:
 def _normal_and_offset(hyperparams, x, fn):
     a, b = _pair(hyperparams, "(a, b)", fn)
     x_leaves, x_def = jax.tree.flatten(x)
-    known = [_concrete(al) for al in jax.tree.leaves(a)]
+    known = [concrete_value(al) for al in jax.tree.leaves(a)]
     if known and all(k is not None and not np.any(k) for k in known):
         raise ValueError(f"{fn}: a must be nonzero (it is the normal of the plane)")
     a = _as_float_tree(a, "a", fn)

@@ -48,6 +48,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxsecond._checks import concrete_value
+
 __all__ = [
     "make_prox_from_projection",
     "prox_box",
@@ -106,16 +108,9 @@ def _check_real_leaf(leaf, name: str, where: str):
         raise TypeError(f"{name} must hold real numbers; {where} has dtype {dtype}")
 
 
-def _concrete(leaf):
-    """``leaf`` as a NumPy array when its value is known at trace time, else ``None``."""
-    if isinstance(leaf, jax.core.Tracer):
-        return None
-    return np.asarray(leaf)
-
-
 def _check_nonnegative(leaf, name: str, where: str):
     # Only values known at trace time can be checked; traced values are the caller's.
-    value = _concrete(leaf)
+    value = concrete_value(leaf)
     if value is not None and not np.all(value >= 0):
         raise ValueError(f"{name} must be >= 0, got {where} = {leaf!r}")
 
@@ -489,7 +484,7 @@ def prox_box(x: Any, hyperparams: Any, scaling: Any = 1.0) -> Any:
     ups = _hyper_leaves(upper, leaves, treedef, "hyperparams[1] (upper)", nonnegative=False)
     out = []
     for u, lo, hi in zip(leaves, lows, ups, strict=True):
-        lo_value, hi_value = _concrete(lo), _concrete(hi)
+        lo_value, hi_value = concrete_value(lo), concrete_value(hi)
         if lo_value is not None and hi_value is not None and not np.all(lo_value <= hi_value):
             raise ValueError(f"hyperparams: lower must be <= upper, got {lower!r} and {upper!r}")
         # Lower bound tested first, non-strictly: a touched bound is active (d/dx = 0).
