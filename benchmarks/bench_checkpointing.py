@@ -19,18 +19,13 @@ Run: ``python benchmarks/bench_checkpointing.py [--quick]``.
 
 from __future__ import annotations
 
-import pathlib
-import sys
-
 import diffrax
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, str(pathlib.Path(__file__).parent))
-import _harness
-
 import jaxsecond as js
+from jaxsecond import _harness
 
 jax.config.update("jax_enable_x64", True)
 

@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.metadata
-import pathlib
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -38,9 +36,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 import jaxsecond
-
-sys.path.insert(0, str(pathlib.Path(__file__).parent))
-import _harness
+from jaxsecond import _harness
 
 PACKAGES = ("matfree", "equinox")  # peer versions recorded with the results
 TITLE = "Curvature: Hessian-vector products, Hutchinson diagonal, top eigenvalue"

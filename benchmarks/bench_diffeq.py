@@ -41,9 +41,7 @@ from __future__ import annotations
 import importlib.metadata
 import itertools
 import math
-import pathlib
 import re
-import sys
 import time
 from collections.abc import Callable
 
@@ -54,9 +52,7 @@ import lineax as lx
 import numpy as np
 
 import jaxsecond
-
-sys.path.insert(0, str(pathlib.Path(__file__).parent))
-import _harness
+from jaxsecond import _harness
 
 PACKAGES = ("diffrax", "equinox")
 TITLE = "Differential equations: jaxsecond vs diffrax"

@@ -23,9 +23,6 @@ Run: ``python benchmarks/bench_events.py [--quick]``.
 
 from __future__ import annotations
 
-import pathlib
-import sys
-
 import diffrax
 import jax
 import jax.numpy as jnp
@@ -33,10 +30,8 @@ import numpy as np
 import optimistix as optx
 import scipy.special
 
-sys.path.insert(0, str(pathlib.Path(__file__).parent))
-import _harness
-
 import jaxsecond as js
+from jaxsecond import _harness
 
 jax.config.update("jax_enable_x64", True)
 

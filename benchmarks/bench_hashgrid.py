@@ -32,18 +32,14 @@ its own in ``RESULTS.md`` (the GPU section is left as it is).
 from __future__ import annotations
 
 import functools
-import pathlib
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxsecond.kernels import hashgrid
 
+from jaxsecond import _harness
 from jaxsecond.encoding._primitives import encode_pallas, encode_xla
-
-sys.path.insert(0, str(pathlib.Path(__file__).parent))
-import _harness
 
 # A run without a GPU writes its own section, so it never replaces the GPU figures.
 TITLE = (

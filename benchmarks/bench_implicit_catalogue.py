@@ -23,8 +23,6 @@ extra for jaxopt).
 from __future__ import annotations
 
 import functools
-import pathlib
-import sys
 import warnings
 from collections.abc import Callable
 
@@ -33,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxsecond
+from jaxsecond import _harness
 from jaxsecond import projection as our_projection
 from jaxsecond import prox as our_prox
 from jaxsecond.implicit import (
@@ -50,8 +49,6 @@ with warnings.catch_warnings():
     from jaxopt._src.base import KKTSolution as _TheirKKT
     from jaxopt._src.implicit_diff import make_kkt_optimality_fun as _their_kkt
 
-sys.path.insert(0, str(pathlib.Path(__file__).parent))
-import _harness
 
 jax.config.update("jax_enable_x64", True)
 

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
-import pathlib
-import sys
 import warnings
 from collections.abc import Callable
 
@@ -34,13 +32,12 @@ import lineax as lx
 import numpy as np
 
 import jaxsecond
+from jaxsecond import _harness
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)  # "JAXopt is no longer maintained"
     import jaxopt
 
-sys.path.insert(0, str(pathlib.Path(__file__).parent))
-import _harness
 
 PACKAGES = ("jaxopt", "lineax")  # peer versions recorded with the results
 TITLE = "Implicit differentiation: jaxsecond vs jaxopt"

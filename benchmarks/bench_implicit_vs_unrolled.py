@@ -22,8 +22,6 @@ Run: ``python benchmarks/bench_implicit_vs_unrolled.py [--quick]``.
 from __future__ import annotations
 
 import dataclasses
-import pathlib
-import sys
 from collections.abc import Callable
 
 import jax
@@ -31,9 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxsecond
-
-sys.path.insert(0, str(pathlib.Path(__file__).parent))
-import _harness
+from jaxsecond import _harness
 
 PACKAGES = ("lineax",)
 TITLE = "Implicit vs unrolled hypergradients"

@@ -23,9 +23,6 @@ Run: ``python benchmarks/bench_optim.py [--quick]``.
 from __future__ import annotations
 
 import importlib
-import importlib.util
-import pathlib
-import sys
 import time
 from collections.abc import Callable
 
@@ -36,9 +33,7 @@ import numpy as np
 import optax
 
 import jaxsecond
-
-sys.path.insert(0, str(pathlib.Path(__file__).parent))
-import _harness
+from jaxsecond import _harness
 
 PACKAGES = ("optax", "equinox", "torch", "torch-optimizer")  # versions recorded
 TITLE = "Optimizers: AdaHessian step time and accuracy on digits"
@@ -53,15 +48,8 @@ EXAMPLE = "adahessian_digits"
 
 
 def load_example():
-    """The digits example module: installed as ``jaxsecond.examples``, else from the tree."""
-    try:
-        return importlib.import_module(f"jaxsecond.examples.{EXAMPLE}")
-    except ModuleNotFoundError:
-        path = pathlib.Path(__file__).resolve().parents[1] / "examples" / f"{EXAMPLE}.py"
-        spec = importlib.util.spec_from_file_location(f"_bench_{EXAMPLE}", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
+    """The digits example module (shipped with the package as ``jaxsecond.examples``)."""
+    return importlib.import_module(f"jaxsecond.examples.{EXAMPLE}")
 
 
 # --------------------------------------------------------------------------- a: step time

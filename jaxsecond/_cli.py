@@ -238,7 +238,8 @@ def _find_bench_dir(option: str | None) -> pathlib.Path:
     raise _UsageError(
         "no benchmarks folder found (looked for "
         + " and ".join(str(c) for c in dict.fromkeys(candidates))
-        + "); run from the repository root or pass --dir"
+        + "); the benchmarks live in the source repository, not in the installed package: "
+        "run from the root of a checkout or pass --dir"
     )
 
 
@@ -246,23 +247,6 @@ def _bench_name(arg: str) -> str:
     """Accept ``hvp``, ``bench_hvp`` and ``bench_hvp.py`` alike."""
     name = pathlib.Path(arg).name.removesuffix(".py")
     return name.removeprefix("bench_")
-
-
-def _load_harness(folder: pathlib.Path):
-    harness_file = folder / "_harness.py"
-    if not harness_file.is_file():
-        raise _UsageError(f"{folder} has no _harness.py; is it the repository's benchmarks folder?")
-    loaded = sys.modules.get("_harness")
-    if loaded is not None:
-        if pathlib.Path(getattr(loaded, "__file__", "")).resolve() == harness_file.resolve():
-            return loaded
-        del sys.modules["_harness"]  # a different checkout's harness; load this one
-    if str(folder) not in sys.path:
-        sys.path.insert(0, str(folder))
-    try:
-        return importlib.import_module("_harness")
-    except Exception as exc:
-        raise _UsageError(f"could not import {harness_file}: {_one_line(exc)}") from None
 
 
 def _load_bench(name: str, path: pathlib.Path):
@@ -304,7 +288,7 @@ def _cmd_bench(ns: argparse.Namespace) -> int:
     results = pathlib.Path(ns.results) if ns.results else folder / "RESULTS.md"
     _ensure_writable_dir(results.parent, "--results folder")
     with _INTERRUPTS.deferred():
-        harness = _load_harness(folder)
+        from jaxsecond import _harness as harness
 
     failed: list[str] = []
     for i, name in enumerate(names, 1):

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import pathlib
-import shutil
 import subprocess
 import sys
 
@@ -14,25 +12,14 @@ import jax.numpy as jnp
 import pytest
 
 import jaxsecond
-from jaxsecond import _cli, _registry
+from jaxsecond import _cli, _harness, _registry
+
+harness = _harness
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-HARNESS_FILE = REPO / "benchmarks" / "_harness.py"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def _load_harness():
-    loaded = sys.modules.get("_harness")
-    if loaded is not None and pathlib.Path(loaded.__file__).resolve() == HARNESS_FILE:
-        return loaded
-    spec = importlib.util.spec_from_file_location("_harness", HARNESS_FILE)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["_harness"] = module  # dataclasses look their module up here
-    spec.loader.exec_module(module)
-    return module
-
-
-harness = _load_harness()
 
 
 def _run_module(*args: str, cwd: pathlib.Path) -> subprocess.CompletedProcess:
@@ -212,9 +199,7 @@ def test_ctrl_c_while_jax_imports_stops_the_tour(tmp_path, delay):
 # --------------------------------------------------------------------------- bench
 
 BENCH_TOY = """
-import pathlib, sys
-sys.path.insert(0, str(pathlib.Path(__file__).parent))
-import _harness
+from jaxsecond import _harness
 
 TITLE = "Toy benchmark"
 
@@ -228,16 +213,15 @@ if __name__ == "__main__":
 
 
 @pytest.fixture
-def bench_dir(tmp_path, monkeypatch):
-    """A benchmarks folder with the real harness and one toy benchmark."""
+def bench_dir(tmp_path):
+    """A benchmarks folder with one toy benchmark (the harness comes with the package)."""
     folder = tmp_path / "benchmarks"
     folder.mkdir()
-    shutil.copy(HARNESS_FILE, folder / "_harness.py")
     (folder / "bench_toy.py").write_text(BENCH_TOY)
     (folder / "RESULTS.md").write_text(harness.RESULTS_HEADER)
-    monkeypatch.setattr(sys, "path", list(sys.path))  # the command adds the folder
-    monkeypatch.setitem(sys.modules, "_harness", harness)
+    path_before = list(sys.path)
     yield folder
+    assert sys.path == path_before  # the command loads benchmarks without touching sys.path
     sys.modules.pop("bench_toy", None)
 
 

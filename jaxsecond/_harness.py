@@ -1,19 +1,18 @@
-"""Shared helpers for the benchmark scripts in this folder.
+"""The benchmark harness: timing, memory, markdown tables and ``RESULTS.md`` sections.
 
-A benchmark is a module ``bench_<name>.py`` next to this file that defines
+A benchmark is a script ``benchmarks/bench_<name>.py`` in the source repository that
+defines
 
 * ``TITLE: str``, the heading of its section in ``RESULTS.md``, and
 * ``run(quick: bool) -> str``, which measures and returns the section body (markdown),
 * optionally ``PACKAGES``, names of peer packages whose versions go in the header.
 
-It runs through ``jaxsecond bench [--quick] [NAME ...]`` or as a script
-(``python benchmarks/bench_<name>.py [--quick]``); either way only its own section of
-``RESULTS.md`` is rewritten. This folder is not a package, so scripts import the
-harness by path::
+It runs through ``jaxsecond bench [--quick] [NAME ...]`` from the repository root, or as
+a script (``python benchmarks/bench_<name>.py [--quick]``); either way only its own
+section of ``RESULTS.md`` is rewritten. The harness ships with the package, so a script
+imports it like any module::
 
-    import pathlib, sys
-    sys.path.insert(0, str(pathlib.Path(__file__).parent))
-    import _harness
+    from jaxsecond import _harness
 
     TITLE = "Hessian-vector products"
 
@@ -47,7 +46,6 @@ from typing import Any
 import jax
 import numpy as np
 
-RESULTS_PATH = pathlib.Path(__file__).resolve().parent / "RESULTS.md"
 
 RESULTS_HEADER = """\
 # Benchmark results
@@ -421,7 +419,7 @@ def run_main(
     """Command line of one benchmark script: ``[--quick] [--results PATH] [--no-write]``.
 
     Runs ``run(quick)``, prints the section body and writes it to ``RESULTS.md`` (next to
-    this file unless ``--results`` says otherwise). Returns the exit status, so a script
+    the script being run unless ``--results`` says otherwise). Returns the exit status, so a script
     ends with ``raise SystemExit(_harness.run_main(TITLE, run))`` or just calls it.
 
     Example:
@@ -438,7 +436,10 @@ def run_main(
     parser = argparse.ArgumentParser(description=f"Benchmark: {title}")
     parser.add_argument("--quick", action="store_true", help="small sizes, few repeats")
     parser.add_argument(
-        "--results", type=pathlib.Path, default=RESULTS_PATH, help="results file to update"
+        "--results",
+        type=pathlib.Path,
+        default=None,
+        help="results file to update (default: RESULTS.md next to the script)",
     )
     parser.add_argument("--no-write", action="store_true", help="print only, leave the file")
     args = list(sys.argv[1:] if argv is None else argv)
@@ -452,6 +453,7 @@ def run_main(
         except ValueError:
             pass
         command = shlex.join(["python", script.as_posix(), *(["--quick"] if ns.quick else [])])
-        path = write_section(ns.results, title, body, command, packages=packages)
+        results = ns.results or pathlib.Path(sys.argv[0]).resolve().parent / "RESULTS.md"
+        path = write_section(results, title, body, command, packages=packages)
         print(f"wrote section {title!r} to {path}")
     return 0
