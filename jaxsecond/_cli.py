@@ -341,27 +341,6 @@ def _version(distribution: str) -> str:
     return str(getattr(module, "__version__", "unknown"))
 
 
-def _has_gpu() -> bool:
-    import jax
-
-    try:
-        return len(jax.devices("gpu")) > 0
-    except RuntimeError:
-        return False
-
-
-def auto_backend() -> str:
-    """The hash-grid kernel backend that ``backend="auto"`` picks here.
-
-    ``"pallas"`` when JAX sees a GPU, else ``"xla"``.
-
-    Example:
-        >>> auto_backend() in ("pallas", "xla")
-        True
-    """
-    return "pallas" if _has_gpu() else "xla"
-
-
 def _cmd_info(ns: argparse.Namespace) -> int:
     with _INTERRUPTS.deferred():
         import jax
@@ -382,7 +361,9 @@ def _cmd_info(ns: argparse.Namespace) -> int:
         rows.append(("backend", jax.default_backend()))
         for (plat, kind), count in groups.items():
             rows.append(("devices", f"{count} x {plat} ({kind})"))
-        rows.append(("hash-grid backend (auto)", auto_backend()))
+        from jaxsecond.encoding._hashgrid import resolve_backend
+
+        rows.append(("hash-grid backend (auto)", resolve_backend("auto")))
     except RuntimeError as exc:
         rows.append(("devices", f"unavailable: {_one_line(exc)}"))
     width = max(len(key) for key, _ in rows)

@@ -46,7 +46,6 @@ from typing import Any
 import jax
 import numpy as np
 
-
 RESULTS_HEADER = """\
 # Benchmark results
 

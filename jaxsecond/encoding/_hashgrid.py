@@ -16,6 +16,25 @@ from jaxsecond.kernels import hashgrid as kernels
 _BACKENDS = ("auto", "xla", "pallas")
 
 
+def resolve_backend(backend: str = "auto") -> str:
+    """The kernel backend that computes the encoding: ``backend`` itself, or for
+    ``"auto"`` the Pallas kernels when JAX's default backend is a GPU and XLA elsewhere.
+
+    The one rule for ``"auto"``, used by the encoding and reported by ``jaxsecond info``.
+
+    Example:
+        >>> resolve_backend("xla")
+        'xla'
+        >>> resolve_backend() in ("pallas", "xla")
+        True
+    """
+    if backend not in _BACKENDS:
+        raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        return "pallas" if jax.default_backend() == "gpu" else "xla"
+    return backend
+
+
 class HashGridEncoding(eqx.Module):
     """Multiresolution hash-grid encoding (instant-NGP), differentiable to any order.
 
@@ -170,9 +189,7 @@ class HashGridEncoding(eqx.Module):
         return new
 
     def _resolved_backend(self) -> str:
-        if self.backend == "auto":
-            return "pallas" if jax.default_backend() == "gpu" else "xla"
-        return self.backend
+        return resolve_backend(self.backend)
 
 
 def coarse_to_fine_levels(
