@@ -27,11 +27,10 @@ import itertools
 from typing import ClassVar
 
 import equinox as eqx
-import equinox.internal as eqxi
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.interpreters import ad, batching
+from jax.interpreters import ad
 
 from jaxsecond._checks import check_count
 from jaxsecond.diffeq._grid import (
@@ -53,6 +52,7 @@ from jaxsecond.diffeq._solvers import (
     ReversibleHeun,
 )
 from jaxsecond.diffeq._terms import SDETerm, negate, scale_by
+from jaxsecond.diffeq._vprim import filter_bind, filter_vprim
 
 
 def run_steps(stepping, solver, term, y0, args, ts, record=True):
@@ -361,7 +361,7 @@ def _solve_jvp(static, adjoint_solver, primals, tangents):
     # Tangents of (term, y0, args): arrays at floating-point leaves, None elsewhere. No
     # derivative with respect to ts or the step-size choices.
     t_term, t_y0, t_args, _, _ = _floating_tangents(dynamic, t_dynamic)
-    t_ys, t_final = eqxi.filter_primitive_bind(
+    t_ys, t_final = filter_bind(
         _tangent_p,
         adjoint,
         solver,
@@ -807,7 +807,7 @@ def _tangent_abstract_eval(adjoint, solver, grid_final, primals, tangents):
 def _tangent_jvp(primals_in, tangents_in):
     adjoint, solver, grid_final, primals, tangents = primals_in
     _, _, _, d_primals, d_tangents = tangents_in
-    out = eqxi.filter_primitive_bind(_tangent_p, adjoint, solver, grid_final, primals, tangents)
+    out = filter_bind(_tangent_p, adjoint, solver, grid_final, primals, tangents)
     is_none = lambda x: x is None
     terms = []
     if any(t is not None for t in jax.tree.leaves(d_tangents, is_leaf=is_none)):
@@ -818,7 +818,7 @@ def _tangent_jvp(primals_in, tangents_in):
             is_leaf=is_none,
         )
         terms.append(
-            eqxi.filter_primitive_bind(_tangent_p, adjoint, solver, grid_final, primals, d_tangents)
+            filter_bind(_tangent_p, adjoint, solver, grid_final, primals, d_tangents)
         )
     if any(d is not None for d in jax.tree.leaves(d_primals)):
         # Second order: how the tangent moves with the primal inputs. Plain JAX (a JVP
@@ -868,33 +868,10 @@ def _tangent_transpose(inputs, cts_out):
     return no_ct(adjoint), no_ct(solver), no_ct(grid_final), no_ct(primals), cts
 
 
-_tangent_p = eqxi.create_vprim(
+_tangent_p = filter_vprim(
     "jaxsecond_reversible_tangent",
-    eqxi.filter_primitive_def(_tangent_impl),
-    eqxi.filter_primitive_def(_tangent_abstract_eval),
-    eqxi.filter_primitive_jvp(_tangent_jvp),
-    eqxi.filter_primitive_transpose(materialise_zeros=True)(_tangent_transpose),
+    _tangent_impl,
+    _tangent_abstract_eval,
+    _tangent_jvp,
+    _tangent_transpose,
 )
-
-
-# equinox's automatic batching transposes a batched call by vmapping the transpose
-# rule with the inputs' batch axes as output axes, which fails when an unbatched
-# linear input (e.g. closed-over parameters under a vmap over y0) receives a batched
-# cotangent. Broadcasting every input first makes all of them batched; the broadcasts
-# are linear, and their transposes sum the cotangents over the batch.
-_vprim_batch_rule = batching.fancy_primitive_batchers[_tangent_p]
-
-
-def _batch_everything(axis_data, inputs, batch_axes, **params):
-    if any(b is not None for b in batch_axes):
-        inputs = [
-            jnp.broadcast_to(x, (axis_data.size, *jnp.shape(x)))
-            if b is None
-            else jnp.moveaxis(x, b, 0)
-            for x, b in zip(inputs, batch_axes, strict=True)
-        ]
-        batch_axes = (0,) * len(inputs)
-    return _vprim_batch_rule(axis_data, inputs, batch_axes, **params)
-
-
-batching.fancy_primitive_batchers[_tangent_p] = _batch_everything

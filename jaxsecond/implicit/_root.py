@@ -39,6 +39,7 @@ from jaxsecond.implicit._linear_solve import (
     solve_linear,
     tags_for,
 )
+from jaxsecond.implicit._outbox import Outbox
 
 _TRACER_ERRORS = (
     jax.errors.ConcretizationTypeError,
@@ -63,7 +64,7 @@ class _Problem(eqx.Module):
     linear: LinearSolve
     # For a solver JAX cannot trace: None otherwise. Receives the static part of aux
     # once the solver has run.
-    black_box_aux: list | None = eqx.field(static=True)
+    black_box_aux: Outbox | None = eqx.field(static=True)
 
 
 def _optimality_dynamic(f_conv, params_static):
@@ -127,7 +128,7 @@ def _run_black_box(solver, problem: _Problem, params, args, kwargs):
         ) from e
     _check_solver_output(problem.solver_name, problem.has_aux, params, out)
     if problem.has_aux:
-        problem.black_box_aux[:] = [eqx.filter(out[1], eqx.is_array, inverse=True)]
+        problem.black_box_aux.put(eqx.filter(out[1], eqx.is_array, inverse=True))
     return out
 
 
@@ -466,9 +467,11 @@ def custom_root(
         symmetric: declare ``J`` symmetric positive definite. True when
             ``optimality_fun`` is the gradient of a function being minimised (``J`` is
             then its Hessian at a strict minimum). Enables CG.
-        rtol, atol, max_steps: tolerances and iteration cap of the named iterative
-            solvers. Defaults: 1e-12 in float64 and 1e-5 in float32; lineax's step cap
-            (10 x the number of unknowns).
+        rtol: relative tolerance of the named iterative solvers. Default: 1e-12 in
+            float64 and 1e-5 in float32.
+        atol: absolute tolerance of the named iterative solvers, with the same defaults.
+        max_steps: iteration cap of the named iterative solvers. Default: lineax's step
+            cap (10 x the number of unknowns).
         preconditioner: ``(params, *args, **kwargs) -> lineax.AbstractLinearOperator``
             approximating ``J^{-1}`` at the solution (tag it positive semidefinite for
             CG).
@@ -555,13 +558,13 @@ def custom_root(
                 residual_tol=residual_tol,
                 solver_name=solver_name,
                 linear=linear,
-                black_box_aux=None if out_shape is not None else [],
+                black_box_aux=None if out_shape is not None else Outbox(),
             )
             sol_dyn, aux_dyn = _solve_and_track(params_dyn, theta, f_conv, s_conv, problem)
             sol = eqx.combine(sol_dyn, params_static)
             if has_aux:
                 if problem.black_box_aux is not None:
-                    (aux_static,) = problem.black_box_aux
+                    aux_static = problem.black_box_aux.take()
                 return sol, eqx.combine(aux_dyn, aux_static)
             return sol
 
