@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numbers
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -57,3 +58,24 @@ def check_positive(value, name: str) -> None:
             return
     if not float(value) > 0:
         raise ValueError(f"{name} must be > 0, got {float(value)!r}")
+
+
+def split_float_arrays(tree, name: str, needed_for: str):
+    """``(dynamic, static)``: the arrays of ``tree`` and everything else (held fixed).
+
+    The arrays must be floating point (complex included): an integer or boolean array
+    raises ``TypeError`` naming its leaf and ``needed_for`` (what needs floating point);
+    a tree without arrays raises too. Integer fields of an equinox Module belong in
+    static fields.
+    """
+    dynamic, static = eqx.partition(tree, eqx.is_array)
+    for path, leaf in jax.tree_util.tree_flatten_with_path(dynamic)[0]:
+        if not jnp.issubdtype(leaf.dtype, jnp.inexact):
+            where = jax.tree_util.keystr(path) or "params"
+            raise TypeError(
+                f"{name}: leaf {where} has dtype {leaf.dtype}; {needed_for} needs "
+                "floating-point arrays (mark integer fields of an equinox Module static)"
+            )
+    if not jax.tree.leaves(dynamic):
+        raise TypeError(f"{name} contains no floating-point arrays")
+    return dynamic, static

@@ -27,10 +27,9 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from jaxsecond._checks import check_count as check_count
-from jaxsecond._checks import check_key as check_key
+from jaxsecond._checks import check_count, check_key
 from jaxsecond._tree import accumulation_dtype
-from jaxsecond.curvature._products import flat_hvp, scalar_function
+from jaxsecond.curvature._products import flat_hvp, scalar_function, tree_hvp
 
 DISTRIBUTIONS = ("rademacher", "normal")
 
@@ -57,7 +56,7 @@ def probe(key, index, dynamic, distribution: str = "rademacher"):
 def probe_product(f, dynamic, key, index, distribution: str = "rademacher"):
     """``z * (H z)`` for the ``index``-th probe ``z``: one sample of the diagonal."""
     z = probe(key, index, dynamic, distribution)
-    hz = jax.jvp(jax.grad(f), (dynamic,), (z,))[1]
+    hz = tree_hvp(f, dynamic, z)
     return jax.tree.map(jnp.multiply, z, hz)
 
 

@@ -24,8 +24,8 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from jaxsecond._checks import check_count, check_key
 from jaxsecond._tree import accumulation_dtype
-from jaxsecond.curvature._hutchinson import check_count, check_key
 from jaxsecond.curvature._products import flat_hvp, scalar_function
 
 WHICH = ("largest", "smallest", "magnitude")
@@ -188,7 +188,9 @@ def hessian_spectral_density(
     that covers every node by five widths, so it integrates to 1 on the grid.
 
     Args:
-        fun, params, key: as in :func:`hessian_eigenvalues`.
+        fun: as in :func:`hessian_eigenvalues`.
+        params: as in :func:`hessian_eigenvalues`.
+        key: as in :func:`hessian_eigenvalues`.
         num_probes: independent probes (more: less noise in the weights).
         num_iters: Lanczos steps per probe (more: finer resolution of the spectrum).
         num_points: grid size.

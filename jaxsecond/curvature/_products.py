@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
+from jaxsecond._checks import split_float_arrays
 from jaxsecond._tree import accumulation_dtype, callable_name, describe_mismatch
 
 
@@ -22,17 +23,7 @@ def split_params(params, name: str = "params"):
 
     Integer or boolean arrays raise ``TypeError``: a Hessian needs floating point.
     """
-    dynamic, static = eqx.partition(params, eqx.is_array)
-    for path, leaf in jax.tree_util.tree_flatten_with_path(dynamic)[0]:
-        if not jnp.issubdtype(leaf.dtype, jnp.inexact):
-            where = jax.tree_util.keystr(path) or name
-            raise TypeError(
-                f"{name}: leaf {where} has dtype {leaf.dtype}; curvature needs floating-point "
-                "arrays (mark integer fields of an equinox Module static)"
-            )
-    if not jax.tree.leaves(dynamic):
-        raise TypeError(f"{name} contains no floating-point arrays")
-    return dynamic, static
+    return split_float_arrays(params, name, "curvature")
 
 
 def scalar_function(fun: Callable, params, name: str = "fun"):
@@ -69,6 +60,11 @@ def check_vector(vector, dynamic, name: str = "vector"):
     return vec
 
 
+def tree_hvp(f, dynamic, v):
+    """``H v`` for the scalar ``f`` at the pytree ``dynamic`` (forward over reverse)."""
+    return jax.jvp(jax.grad(f), (dynamic,), (v,))[1]
+
+
 def flat_hvp(f, dynamic):
     """``(flat, unravel, matvec)`` for ``f`` at the pytree ``dynamic``: its flattening,
     the inverse, and the Hessian-vector product on flat vectors. Products are taken in
@@ -78,7 +74,7 @@ def flat_hvp(f, dynamic):
     wide = accumulation_dtype(flat.dtype)
 
     def matvec(v):
-        hv = jax.jvp(jax.grad(f), (dynamic,), (unravel(v.astype(flat.dtype)),))[1]
+        hv = tree_hvp(f, dynamic, unravel(v.astype(flat.dtype)))
         return ravel_pytree(hv)[0].astype(wide)
 
     return flat, unravel, matvec

@@ -208,11 +208,7 @@ def coarse_to_fine_levels(
         ...                                       steps_per_level=10)) for s in (0, 25, 99)]
         [2, 4, 8]
     """
-    for name, value in (
-        ("num_levels", num_levels),
-        ("initial_levels", initial_levels),
-        ("steps_per_level", steps_per_level),
-    ):
-        if isinstance(value, bool) or not (isinstance(value, int) and value >= 1):
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    num_levels = check_count(num_levels, "num_levels")
+    initial_levels = check_count(initial_levels, "initial_levels")
+    steps_per_level = check_count(steps_per_level, "steps_per_level")
     return jnp.minimum(num_levels, initial_levels + jnp.asarray(step) // steps_per_level)

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import lineax as lx
 import numpy as np
 
+from jaxsecond._checks import split_float_arrays
 from jaxsecond._tree import (
     as_array_leaves,
     callable_name,
@@ -238,19 +239,9 @@ def _is_arrayish(x) -> bool:
 
 def _split_params(init_params, solver_name):
     params = as_array_leaves(init_params)
-    params_dyn, params_static = eqx.partition(params, eqx.is_array)
-    leaves = jax.tree.leaves(params_dyn)
-    if not leaves:
-        raise TypeError(
-            f"init_params of {solver_name} contains no arrays: the solution must be a pytree "
-            "of floating-point arrays"
-        )
-    for path, leaf in jax.tree_util.tree_flatten_with_path(params_dyn)[0]:
-        if not jnp.issubdtype(leaf.dtype, jnp.inexact):
-            raise TypeError(
-                f"init_params of {solver_name}: leaf {jax.tree_util.keystr(path) or 'params'} "
-                f"has dtype {leaf.dtype}; implicit differentiation needs floating-point params"
-            )
+    params_dyn, params_static = split_float_arrays(
+        params, f"init_params of {solver_name}", "implicit differentiation"
+    )
     return params, params_dyn, params_static
 
 

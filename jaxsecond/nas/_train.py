@@ -7,6 +7,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxsecond._checks import check_count
+
 
 def cross_entropy(model, X, y):
     """Mean softmax cross-entropy of ``model`` (one example per call) on ``(X, y)``."""
@@ -49,8 +51,7 @@ def train_classifier(
         >>> bool(accuracy(model, X, y) > 0.95)
         True
     """
-    if isinstance(num_epochs, bool) or not isinstance(num_epochs, int) or num_epochs < 1:
-        raise ValueError(f"num_epochs must be an int >= 1, got {num_epochs!r}")
+    num_epochs = check_count(num_epochs, "num_epochs")
     num_batches = X.shape[0] // batch_size
     if num_batches < 1:
         raise ValueError(f"batch_size={batch_size} exceeds the {X.shape[0]} examples")
