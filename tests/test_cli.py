@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import pathlib
 import subprocess
@@ -308,3 +309,20 @@ def test_peak_memory_grows_with_temporary():
         pytest.skip("this backend gives no compiled memory analysis")
     assert large > small
     assert large >= 1_000_000 * 4, "at least one float32 copy of the temporary"
+
+
+def test_tour_without_the_examples_extra_says_how_to_install_it(monkeypatch, capsys):
+    # The core install has no matplotlib or scikit-learn; the examples package says which
+    # are missing and how to get them, rather than failing deep inside one example.
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "matplotlib" else real_find_spec(name, *a),
+    )
+    package = "jaxsecond.examples"
+    for name in [m for m in sys.modules if m == package or m.startswith(package + ".")]:
+        monkeypatch.delitem(sys.modules, name)
+    assert _cli.main(["tour", "--list"]) == _cli.EXIT_USAGE
+    err = _assert_one_line_error(capsys.readouterr().err)
+    assert "matplotlib" in err and 'pip install "jaxsecond[examples]"' in err
