@@ -2,7 +2,8 @@
 
 Example:
     $ jaxsecond info                      # versions, devices, hash-grid backend
-    $ jaxsecond tour                      # every example at quick size, figures in ./jaxsecond-out
+    $ jaxsecond tour                      # one small example per area (about 2 minutes)
+    $ jaxsecond tour --all                # every example at quick size
     $ jaxsecond tour --full --out figs NAME ...
     $ jaxsecond bench --quick             # rerun benchmarks/bench_*.py, rewrite RESULTS.md
 
@@ -145,6 +146,10 @@ def _cmd_tour(ns: argparse.Namespace) -> int:
 
     from jaxsecond import _registry
 
+    if ns.all and ns.names:
+        raise _UsageError("give example NAMEs or --all, not both")
+    if not ns.list and sys.stderr.isatty():  # progress chatter for people, like the bar
+        print(f"{PROG} tour: loading JAX and the examples ...", file=sys.stderr, flush=True)
     with _INTERRUPTS.deferred():
         import jax  # noqa: F401  (jaxlib's initialisation is the part not to interrupt)
     try:
@@ -157,13 +162,23 @@ def _cmd_tour(ns: argparse.Namespace) -> int:
     if not examples:
         raise _UsageError("no examples registered (the jaxsecond.examples package is empty)")
 
+    default = _registry.tour_names(examples)
     if ns.list:
         width = max(len(name) for name in examples)
         for name, ex in examples.items():
-            print(f"{name:<{width}}  [{ex.area}] {ex.description}")
+            star = "*" if name in default else " "
+            print(f"{star} {name:<{width}}  [{ex.area}] {ex.description}")
+        print(f"(* in the default tour; {PROG} tour --all runs every example)")
         return 0
 
-    names = list(dict.fromkeys(ns.names)) or list(examples)
+    if ns.names:
+        names = list(dict.fromkeys(ns.names))
+    elif ns.all:
+        names = list(examples)
+    else:
+        names = default
+        if not names:
+            raise _UsageError("no example is marked for the default tour; use --all or NAMEs")
     unknown = [name for name in names if name not in examples]
     if unknown:
         what = "example" if len(unknown) == 1 else "examples"
@@ -201,6 +216,8 @@ def _cmd_tour(ns: argparse.Namespace) -> int:
             parts.append(result.key_figure)
         parts.append(f"{seconds:.1f} s")
         tqdm.write(" | ".join(parts))
+        for figure in result.figures:
+            tqdm.write(f"{'':<{width}} | figure {figure}")
     bar.close()
     _INTERRUPTS.check()
 
@@ -388,10 +405,15 @@ def _parser() -> argparse.ArgumentParser:
     tour = sub.add_parser(
         "tour",
         help="run the examples and write their figures",
-        description="Run the examples (all, or the NAMEs given) at quick size and write each "
-        "one's figures to OUT/<name>/. Prints one line per example.",
+        description="Run examples at quick size and write each one's figures to "
+        "OUT/<name>/: by default one small example per area (about two minutes on two "
+        "cores), with --all every example, or the NAMEs given. Prints one line per example "
+        "and the path of each figure.",
     )
-    tour.add_argument("names", nargs="*", metavar="NAME", help="examples to run (default: all)")
+    tour.add_argument(
+        "names", nargs="*", metavar="NAME", help="examples to run (default: one per area)"
+    )
+    tour.add_argument("--all", action="store_true", help="run every example")
     tour.add_argument(
         "--out", default=DEFAULT_OUT, help=f"folder for figures (default: ./{DEFAULT_OUT})"
     )

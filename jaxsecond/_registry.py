@@ -47,19 +47,38 @@ class Example:
     area: str
     description: str
     run: Callable[[pathlib.Path, bool], ExampleResult]
+    tour: bool = False
 
+
+# The areas in the order the default tour shows them; each has one tour example.
+AREAS = ("implicit", "curvature", "diffeq", "optim", "nas", "encoding")
 
 _EXAMPLES: dict[str, Example] = {}
 
 
-def example(name: str, *, area: str, description: str):
-    """Register ``run(out: pathlib.Path, full: bool = False) -> ExampleResult``."""
+def example(name: str, *, area: str, description: str, tour: bool = False):
+    """Register ``run(out: pathlib.Path, full: bool = False) -> ExampleResult``.
+
+    ``tour=True`` puts the example in the default ``jaxsecond tour``: one small example
+    per area, the whole tour in about two minutes on two cores.
+    """
 
     def register(run):
-        _EXAMPLES[name] = Example(name=name, area=area, description=description, run=run)
+        _EXAMPLES[name] = Example(
+            name=name, area=area, description=description, run=run, tour=tour
+        )
         return run
 
     return register
+
+
+def tour_names(examples: dict[str, Example]) -> list[str]:
+    """The default tour: the examples marked ``tour=True``, in the order of :data:`AREAS`
+    (other areas after them, by name)."""
+    rank = {area: i for i, area in enumerate(AREAS)}
+    chosen = [ex for ex in examples.values() if ex.tour]
+    chosen.sort(key=lambda ex: (rank.get(ex.area, len(AREAS)), ex.area, ex.name))
+    return [ex.name for ex in chosen]
 
 
 def discover() -> dict[str, Example]:

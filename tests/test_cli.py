@@ -89,13 +89,52 @@ def test_tour_failing_example_reports_and_continues(registry, tmp_path, capsys):
         raise ValueError("kaboom\nsecond line of the message")
 
     _register_plot("toy")
-    assert _cli.main(["tour", "--out", str(tmp_path)]) == _cli.EXIT_FAILED
+    assert _cli.main(["tour", "--all", "--out", str(tmp_path)]) == _cli.EXIT_FAILED
     captured = capsys.readouterr()
     boom_lines = [row for row in captured.out.splitlines() if row.startswith("boom")]
     assert len(boom_lines) == 1 and "ValueError: kaboom" in boom_lines[0]
     assert "Traceback" not in captured.out + captured.err
     assert "failed: boom" in captured.err
     assert (tmp_path / "toy" / "toy.png").exists(), "the other examples still run"
+
+
+def test_tour_default_runs_the_tour_examples_in_area_order(registry, tmp_path, capsys):
+    ran = []
+
+    def register(name, area, tour):
+        @_registry.example(name, area=area, description=name, tour=tour)
+        def run(out, full=False):
+            ran.append(name)
+            return _registry.ExampleResult(summary=name)
+
+    register("zeta", "encoding", True)
+    register("alpha", "implicit", True)
+    register("extra", "implicit", False)
+    register("mid", "diffeq", True)
+    assert _cli.main(["tour", "--out", str(tmp_path)]) == 0
+    assert ran == ["alpha", "mid", "zeta"]
+    ran.clear()
+    assert _cli.main(["tour", "--all", "--out", str(tmp_path)]) == 0
+    assert sorted(ran) == ["alpha", "extra", "mid", "zeta"]
+    capsys.readouterr()
+    assert _cli.main(["tour", "--list"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert [row.split()[1] for row in listed if row.startswith("*")] == ["alpha", "mid", "zeta"]
+    assert _cli.main(["tour", "--all", "alpha"]) == _cli.EXIT_USAGE
+    assert "not both" in _assert_one_line_error(capsys.readouterr().err)
+
+
+def test_tour_prints_each_figure_path(registry, tmp_path, capsys):
+    _register_plot("toy")
+    assert _cli.main(["tour", "--out", str(tmp_path), "toy"]) == 0
+    out = capsys.readouterr().out
+    assert f"figure {tmp_path / 'toy' / 'toy.png'}" in out
+
+
+def test_real_tour_has_one_example_per_area():
+    examples = _registry.discover()
+    chosen = [examples[name] for name in _registry.tour_names(examples)]
+    assert [ex.area for ex in chosen] == list(_registry.AREAS)
 
 
 def test_tour_unknown_example(registry, tmp_path, capsys):
@@ -111,10 +150,10 @@ def test_tour_unwritable_out(registry, tmp_path, capsys):
     _register_plot("toy")
     blocker = tmp_path / "regular-file"
     blocker.write_text("not a folder")
-    assert _cli.main(["tour", "--out", str(blocker / "sub")]) == _cli.EXIT_USAGE
+    assert _cli.main(["tour", "--out", str(blocker / "sub"), "toy"]) == _cli.EXIT_USAGE
     line = _assert_one_line_error(capsys.readouterr().err)
     assert "--out" in line and str(blocker / "sub") in line
-    assert _cli.main(["tour", "--out", str(blocker)]) == _cli.EXIT_USAGE
+    assert _cli.main(["tour", "--out", str(blocker), "toy"]) == _cli.EXIT_USAGE
     assert "not a folder" in _assert_one_line_error(capsys.readouterr().err)
 
 

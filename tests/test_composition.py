@@ -48,7 +48,7 @@ from tests.helpers import assert_tree_allclose
 
 # One worker runs the whole module: its module-scoped fixtures and cached references are
 # computed once (pytest -n 2 --dist loadgroup).
-pytestmark = pytest.mark.xdist_group("composition")
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("composition")]
 
 N = 3
 _RNG = np.random.default_rng(0)

@@ -17,7 +17,7 @@ import pytest
 from tests.helpers import headline_numbers, load_example
 
 # One worker runs the whole module (pytest -n 2 --dist loadgroup).
-pytestmark = pytest.mark.xdist_group("example_implicit_catalogue")
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("example_implicit_catalogue")]
 
 NUMBER = r"([0-9.]+(?:e[+-]?[0-9]+)?)"
 

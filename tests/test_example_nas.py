@@ -15,6 +15,8 @@ import pytest
 from jaxsecond import nas
 from tests.helpers import load_example
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture(scope="module")
 def rd():

@@ -16,6 +16,8 @@ import pytest
 import jaxsecond
 from tests.helpers import headline_numbers, load_example, rel_err
 
+pytestmark = pytest.mark.integration
+
 
 def test_reversible_gradient_matches_store_all():
     ex = load_example("neural_ode_spiral")

@@ -22,7 +22,7 @@ from tests.helpers import headline_numbers, load_example, rel_err
 
 # One worker runs the whole module: its module-scoped fixtures and cached references are
 # computed once (pytest -n 2 --dist loadgroup).
-pytestmark = pytest.mark.xdist_group("example_neural_ode_hashgrid")
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("example_neural_ode_hashgrid")]
 
 SMALL = {"hidden": 4, "width": 8, "num_levels": 2, "log2_hashmap_size": 6, "max_resolution": 8}
 NUM_TIMES = 6  # 5 observation intervals of 0.8 up to t = 4

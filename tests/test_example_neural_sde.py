@@ -17,6 +17,8 @@ import pytest
 import jaxsecond
 from tests.helpers import headline_numbers, load_example, rel_err
 
+pytestmark = pytest.mark.integration
+
 
 def test_data_has_the_ou_moments():
     ex = load_example("neural_sde_ou")

@@ -18,7 +18,7 @@ from tests.helpers import headline_numbers, load_example
 
 # One worker runs the whole module: its module-scoped fixtures and cached references are
 # computed once (pytest -n 2 --dist loadgroup).
-pytestmark = pytest.mark.xdist_group("example_sdf_eikonal")
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("example_sdf_eikonal")]
 
 
 @pytest.fixture(scope="module")

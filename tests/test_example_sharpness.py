@@ -21,7 +21,7 @@ from tests.helpers import load_example
 
 # One worker runs the whole module: its module-scoped fixtures and cached references are
 # computed once (pytest -n 2 --dist loadgroup).
-pytestmark = pytest.mark.xdist_group("example_sharpness")
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("example_sharpness")]
 
 NUM_POINTS = 256  # training images in the tiny problem
 

@@ -20,7 +20,7 @@ from tests.helpers import load_example, rel_err
 
 # One worker runs the whole module: its module-scoped fixtures and cached references are
 # computed once (pytest -n 2 --dist loadgroup).
-pytestmark = pytest.mark.xdist_group("examples")
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("examples")]
 
 
 def assert_ran(result, out: pathlib.Path, expected_png: str):
