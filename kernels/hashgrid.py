@@ -54,8 +54,8 @@ of two inside the kernels):
 
 * ``interpolate_pallas`` of order ``K``: ``d*s`` reading ``x``, ``2^d * F * s`` gathered
   (each corner's row once, shared by every order), ``F * s * sum_{k<=K} q**k`` written.
-  For ``d = 3, F = 2`` in float32: 12 + 64 + 8 = 84 bytes at order 0, + 32 at order 1,
-  + 128 at order 2 (72 of them useful).
+  For ``d = 3, F = 2`` in float32: 12 + 64 + 8 = 84 bytes at order 0, + 32 at order
+  1, + 128 at order 2 (72 of them useful).
 * ``scatter_pallas`` with cotangents up to order ``K``: ``d*s`` reading ``x``,
   ``F * s * sum_{k<=K} d!/(d-k)!`` reading the cotangents' off-diagonal entries, and
   ``2^d * F * s`` in atomic read-modify-writes. For ``d = 3, F = 2``, float32, cotangents

@@ -180,8 +180,12 @@ def hutchinson_trace(
     """Hutchinson estimate of the Hessian's trace, ``mean_i z_i^T H z_i``.
 
     Args:
-        fun, params, key, num_samples, distribution, batch_size: as in
-            :func:`hutchinson_diagonal`.
+        fun: as in :func:`hutchinson_diagonal`.
+        params: as in :func:`hutchinson_diagonal`.
+        key: as in :func:`hutchinson_diagonal`.
+        num_samples: as in :func:`hutchinson_diagonal`.
+        distribution: as in :func:`hutchinson_diagonal`.
+        batch_size: as in :func:`hutchinson_diagonal`.
         return_stderr: also return the standard error of the estimate.
         per_leaf: return the trace of each leaf's diagonal block (a per-layer breakdown)
             as a pytree of scalars shaped like ``params``, instead of the total.
@@ -227,7 +231,10 @@ def hutchpp_trace(
     below plain Hutchinson's with the same number of products.
 
     Args:
-        fun, params, key, distribution: as in :func:`hutchinson_trace`.
+        fun: as in :func:`hutchinson_trace`.
+        params: as in :func:`hutchinson_trace`.
+        key: as in :func:`hutchinson_trace`.
+        distribution: as in :func:`hutchinson_trace`.
         num_matvecs: total Hessian-vector products, a multiple of 3.
         batch_size: products evaluated together with ``vmap`` (``lax.map`` across
             chunks); default all at once.

@@ -450,14 +450,16 @@ def odeint(
             (may be traced; default: chosen from the vector field at ``y0``).
         steps_per_interval: steps between consecutive times (instead of ``dt0``;
             required when ``ts`` is traced).
-        rtol, atol: adaptive steps keeping the local error within ``atol + rtol |y|``
-            (shorthand for ``stepsize_controller=PIDController(rtol, atol)``). Needs a
+        rtol: relative tolerance of adaptive steps, which keep the local error within
+            ``atol + rtol |y|`` (``rtol``/``atol`` are shorthand for
+            ``stepsize_controller=PIDController(rtol, atol)``). Needs a
             solver with an error estimate (:class:`Dopri5`, :class:`Heun`,
             ``Reversible`` around one). With :class:`Dopri5` steps run over output
             times and outputs are interpolated (its fourth-order dense output); other
             solvers end a step at every output time, as does
             :class:`BacksolveAdjoint`. The step-size choices are not differentiated:
             gradients are those of the accepted discretisation.
+        atol: absolute tolerance of adaptive steps, given with ``rtol``.
         stepsize_controller: :class:`PIDController` (with its gains) or
             :class:`ConstantStepSize`.
         max_steps: adaptive steps: the most steps (accepted and rejected) over the

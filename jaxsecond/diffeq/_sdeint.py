@@ -77,20 +77,26 @@ def sdeint(
     ``dt0 / 1000`` (``dt0`` defaults to 1% of the first output interval).
 
     Args:
-        drift, diffusion: ``(t, y, args) -> array``.
+        drift: ``(t, y, args) -> array``.
+        diffusion: ``(t, y, args) -> array``.
         y0: initial state, a floating-point array.
         ts: strictly increasing (or decreasing: backwards in time) output times.
         args: passed to ``drift`` and ``diffusion``.
         key: a ``jax.random`` key for the Brownian motion.
-        solver, adjoint, dt0, steps_per_interval: as in :func:`odeint`.
-            :class:`BacksolveAdjoint` needs a Stratonovich solver (it solves the
-            adjoint SDE backwards on the same increments).
+        solver: as in :func:`odeint`.
+        adjoint: as in :func:`odeint`. :class:`BacksolveAdjoint` needs a Stratonovich
+            solver (it solves the adjoint SDE backwards on the same increments).
+        dt0: as in :func:`odeint`.
+        steps_per_interval: as in :func:`odeint`.
         brownian: optional Brownian path (see above).
-        rtol, atol, stepsize_controller, max_steps: adaptive steps (see above and
-            :func:`odeint`).
+        rtol: adaptive steps (see above and :func:`odeint`).
+        atol: adaptive steps (see above and :func:`odeint`).
+        stepsize_controller: adaptive steps (see above and :func:`odeint`).
+        max_steps: adaptive steps (see above and :func:`odeint`).
         saveat: :class:`SaveAt` as in :func:`odeint` (final state, every step, ``fn``;
             no dense output); given, ``sdeint`` returns a :class:`Solution`.
-        return_stats, progress_meter: as in :func:`odeint`.
+        return_stats: as in :func:`odeint`.
+        progress_meter: as in :func:`odeint`.
 
     Returns:
         The solution at every time in ``ts`` (leading axis ``len(ts)``).

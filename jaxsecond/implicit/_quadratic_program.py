@@ -168,7 +168,12 @@ def quadratic_program(
     linearly independent.
 
     Args:
-        Q, c, A, b, G, h: the problem; ``A`` with ``b``, ``G`` with ``h``.
+        Q: the quadratic term, ``n x n``.
+        c: the linear term, ``n``.
+        A: the equality constraints' matrix, ``p x n``, given with ``b``.
+        b: the equality constraints' right-hand side, ``p``, given with ``A``.
+        G: the inequality constraints' matrix, ``m x n``, given with ``h``.
+        h: the inequality constraints' right-hand side, ``m``, given with ``G``.
         init: a previous :class:`KKTSolution` to start from (warm start): its
             multipliers are kept strictly positive.
         tol: stopping tolerance on the scaled KKT residuals and the duality gap;

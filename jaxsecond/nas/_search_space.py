@@ -249,7 +249,12 @@ class OpSet:
 
 
 IMAGE_OPS = OpSet("image", IMAGE_OP_NAMES)
+"""DARTS's eight candidate operations for ``[C, H, W]`` images: ``none``,
+``skip_connect``, separable and dilated 3x3 and 5x5 convolutions, 3x3 max and average
+pooling."""
 VECTOR_OPS = OpSet("vector", VECTOR_OP_NAMES)
+"""Candidate operations for ``[D]`` vectors: ``none``, ``skip_connect`` and dense
+layers followed by no activation, ReLU, tanh or a sigmoid."""
 
 
 def _as_op_set(op_set) -> OpSet:

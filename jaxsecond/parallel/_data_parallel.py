@@ -283,8 +283,9 @@ def data_parallel_search(
 
     Args:
         method: e.g. :func:`jaxsecond.nas.rarts`.
-        train_loss, val_loss: ``loss(weights, arch, batch) -> scalar``, the *mean* loss
-            over the batch.
+        train_loss: ``loss(weights, arch, batch) -> scalar``, the *mean* loss over the
+            batch.
+        val_loss: the same for the validation batch.
         mesh: a :class:`jax.sharding.Mesh` with an axis named ``axis_name``.
         axis_name: the mesh axis the batches are split over.
         **method_kwargs: passed to ``method`` (optimizers, ``lam``, ``beta``, ...).
