@@ -220,13 +220,14 @@ def train(
     "neural_ode_spiral",
     area="diffeq",
     description="Fit a neural ODE to a spiral with reversible-adjoint gradients (O(1) memory).",
+    tour=True,
 )
-def run(out: pathlib.Path, full: bool = False) -> ExampleResult:
+def run(out: pathlib.Path, full: bool = False, *, tour: bool = False) -> ExampleResult:
     """Neural ODE fitted to a spiral with the reversible adjoint; gradient and memory check."""
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    num_steps = 2000 if full else 500
+    num_steps = 2000 if full else (200 if tour else 500)
     steps_per_interval = 1
     with jax.enable_x64(True):
         ts, ys = make_data()

@@ -106,6 +106,13 @@ QUICK = Config(
         "avg_pool_3x3",
     ),
 )
+# The default tour's size: four ops, a short search and retraining.
+TOUR = dataclasses.replace(
+    QUICK,
+    search_steps=80,
+    retrain_epochs=6,
+    ops=("none", "skip_connect", "sep_conv_3x3", "max_pool_3x3"),
+)
 FULL = Config(
     seeds=(0, 1, 2, 3, 4),
     channels=8,
@@ -357,13 +364,14 @@ def plot(results: list[SearchResult], path: pathlib.Path) -> None:
     "rarts_digits",
     area="nas",
     description="Cell search on digits: RARTS vs DARTS 1st/2nd order (accuracy, search time).",
+    tour=True,
 )
-def run(out: pathlib.Path, full: bool = False) -> ExampleResult:
+def run(out: pathlib.Path, full: bool = False, *, tour: bool = False) -> ExampleResult:
     """Cell search on digits: RARTS vs DARTS first and second order."""
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    config = FULL if full else QUICK
+    config = FULL if full else (TOUR if tour else QUICK)
     results = run_all(config)
     path = out / "rarts_digits.png"
     plot(results, path)

@@ -104,6 +104,9 @@ MLP_DEPTH = 2  # hidden layers
 INIT_RADIUS = 0.3  # geometric initialisation: a sphere of this radius about CENTRE
 
 QUICK_STEPS = 1000
+TOUR_STEPS = 300  # the default tour's size: every level active by step 60
+TOUR_STEPS_PER_LEVEL = 15
+TOUR_MESH_RES = 48
 FULL_STEPS = 5000
 INITIAL_LEVELS = 4  # coarse-to-fine: active levels at step 0 ...
 QUICK_STEPS_PER_LEVEL = 50  # ... one more every this many steps
@@ -391,15 +394,19 @@ def draw(path, verts, faces, losses, title):
     "sdf_eikonal",
     area="encoding",
     description="Fit a torus's signed distance with a hash grid and the Eikonal loss; mesh it.",
+    tour=True,
 )
-def run(out: pathlib.Path, full: bool = False) -> ExampleResult:
+def run(out: pathlib.Path, full: bool = False, *, tour: bool = False) -> ExampleResult:
     """Hash-grid SDF of a torus (surface + Eikonal loss), marching cubes, Chamfer distance."""
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    num_steps = FULL_STEPS if full else QUICK_STEPS
-    steps_per_level = FULL_STEPS_PER_LEVEL if full else QUICK_STEPS_PER_LEVEL
-    resolution = FULL_MESH_RES if full else QUICK_MESH_RES
+    if full:
+        num_steps, steps_per_level, resolution = FULL_STEPS, FULL_STEPS_PER_LEVEL, FULL_MESH_RES
+    elif tour:
+        num_steps, steps_per_level, resolution = TOUR_STEPS, TOUR_STEPS_PER_LEVEL, TOUR_MESH_RES
+    else:
+        num_steps, steps_per_level, resolution = QUICK_STEPS, QUICK_STEPS_PER_LEVEL, QUICK_MESH_RES
     k_model, k_train, k_eik, k_mesh, k_surf = jax.random.split(jax.random.key(0), 5)
     with jax.enable_x64(False):
         model = make_model(k_model, full)

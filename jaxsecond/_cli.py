@@ -171,6 +171,9 @@ def _cmd_tour(ns: argparse.Namespace) -> int:
         print(f"(* in the default tour; {PROG} tour --all runs every example)")
         return 0
 
+    # The default tour runs its examples at their smallest size (run(..., tour=True));
+    # NAMEs and --all run the quick size, --full the paper scale.
+    small = {}
     if ns.names:
         names = list(dict.fromkeys(ns.names))
     elif ns.all:
@@ -179,6 +182,7 @@ def _cmd_tour(ns: argparse.Namespace) -> int:
         names = default
         if not names:
             raise _UsageError("no example is marked for the default tour; use --all or NAMEs")
+        small = {} if ns.full else {"tour": True}
     unknown = [name for name in names if name not in examples]
     if unknown:
         what = "example" if len(unknown) == 1 else "examples"
@@ -200,7 +204,7 @@ def _cmd_tour(ns: argparse.Namespace) -> int:
         try:
             folder = out / name
             folder.mkdir(parents=True, exist_ok=True)
-            result = examples[name].run(folder, ns.full)
+            result = examples[name].run(folder, ns.full, **small)
             if not isinstance(result, _registry.ExampleResult):
                 raise TypeError(f"run returned {type(result).__name__}, expected ExampleResult")
         except Exception as exc:
@@ -222,7 +226,7 @@ def _cmd_tour(ns: argparse.Namespace) -> int:
     _INTERRUPTS.check()
 
     total = time.perf_counter() - start_all
-    size = "full" if ns.full else "quick"
+    size = "full" if ns.full else ("tour" if small else "quick")
     print(
         f"{len(names) - len(failed)}/{len(names)} examples ({size}) in {total:.1f} s; "
         f"figures in {out}"

@@ -60,7 +60,9 @@ def example(name: str, *, area: str, description: str, tour: bool = False):
     """Register ``run(out: pathlib.Path, full: bool = False) -> ExampleResult``.
 
     ``tour=True`` puts the example in the default ``jaxsecond tour``: one small example
-    per area, the whole tour in about two minutes on two cores.
+    per area, the whole tour in about two minutes on two cores. The tour calls it as
+    ``run(out, False, tour=True)``, so its ``run`` takes a keyword ``tour`` and then runs
+    a smaller version of its quick size (seconds, not minutes).
     """
 
     def register(run):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import os
 import pathlib
 import subprocess
@@ -103,8 +104,8 @@ def test_tour_default_runs_the_tour_examples_in_area_order(registry, tmp_path, c
 
     def register(name, area, tour):
         @_registry.example(name, area=area, description=name, tour=tour)
-        def run(out, full=False):
-            ran.append(name)
+        def run(out, full=False, *, tour=False):
+            ran.append((name, tour))
             return _registry.ExampleResult(summary=name)
 
     register("zeta", "encoding", True)
@@ -112,10 +113,13 @@ def test_tour_default_runs_the_tour_examples_in_area_order(registry, tmp_path, c
     register("extra", "implicit", False)
     register("mid", "diffeq", True)
     assert _cli.main(["tour", "--out", str(tmp_path)]) == 0
-    assert ran == ["alpha", "mid", "zeta"]
+    assert ran == [("alpha", True), ("mid", True), ("zeta", True)]  # at their tour size
     ran.clear()
     assert _cli.main(["tour", "--all", "--out", str(tmp_path)]) == 0
-    assert sorted(ran) == ["alpha", "extra", "mid", "zeta"]
+    assert sorted(ran) == [("alpha", False), ("extra", False), ("mid", False), ("zeta", False)]
+    ran.clear()
+    assert _cli.main(["tour", "--out", str(tmp_path), "alpha"]) == 0
+    assert ran == [("alpha", False)]
     capsys.readouterr()
     assert _cli.main(["tour", "--list"]) == 0
     listed = capsys.readouterr().out.splitlines()
@@ -135,6 +139,8 @@ def test_real_tour_has_one_example_per_area():
     examples = _registry.discover()
     chosen = [examples[name] for name in _registry.tour_names(examples)]
     assert [ex.area for ex in chosen] == list(_registry.AREAS)
+    for ex in chosen:  # the tour calls run(out, False, tour=True)
+        assert "tour" in inspect.signature(ex.run).parameters, ex.name
 
 
 def test_tour_unknown_example(registry, tmp_path, capsys):
