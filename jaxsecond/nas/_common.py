@@ -1,4 +1,5 @@
-"""Pieces shared by the RARTS and DARTS searchers: argument checks and pytree arithmetic."""
+"""Pieces shared by the RARTS and DARTS searchers: argument checks, state handling and
+pytree arithmetic."""
 
 from __future__ import annotations
 
@@ -67,6 +68,64 @@ def check_same(expected, got, got_name: str, expected_name: str) -> None:
     problem = describe_mismatch(expected, got)
     if problem is not None:
         raise ValueError(f"{got_name} must be shaped like {expected_name}: {problem}")
+
+
+def check_search_arguments(train_loss, val_loss, **optimizers) -> None:
+    """Trace-time checks every searcher starts with: both losses callable, then each
+    optimizer (in the order given, by keyword) an optax transformation."""
+    check_callable(train_loss, "train_loss")
+    check_callable(val_loss, "val_loss")
+    for name, optimizer in optimizers.items():
+        check_optimizer(optimizer, name)
+
+
+def searched_parts(weights, arch):
+    """The floating-point arrays of ``weights`` and ``arch``: what ``init`` builds the
+    optimizer states on."""
+    w, _ = floating_part(weights, "weights")
+    a, _ = floating_part(arch, "arch")
+    return w, a
+
+
+def unpack_state(state, state_type, *blocks, tied=None):
+    """Check a searcher's state and split its blocks into ``(dynamic, static)`` pairs.
+
+    Each block is ``(field, opt_field, optimizer)``: ``state.<field>`` is split into its
+    floating-point arrays (searched) and the rest (held fixed), and ``state.<opt_field>``
+    must be what ``optimizer.init`` gives for those arrays. ``tied=(field, other)``:
+    ``state.<field>`` must be shaped like ``state.<other>``. The checks run in that order
+    (state type, every split, the tie, every optimizer state), so the first problem
+    found is the one reported.
+    """
+    if not isinstance(state, state_type):
+        raise TypeError(
+            f"state must be a {state_type.__name__} from init, got {type(state).__name__}"
+        )
+    parts = {
+        field: floating_part(getattr(state, field), f"state.{field}") for field, _, _ in blocks
+    }
+    if tied is not None:
+        field, other = tied
+        check_same(parts[other][0], parts[field][0], f"state.{field}", f"state.{other}")
+    for field, opt_field, optimizer in blocks:
+        check_opt_state(
+            optimizer,
+            getattr(state, opt_field),
+            parts[field][0],
+            f"state.{opt_field}",
+            f"state.{field}",
+        )
+    return tuple(parts.values())
+
+
+def bind_loss(loss, batch, weights_static, arch_static):
+    """``loss`` on ``batch`` as a function of the floating-point arrays of the weights and
+    of the architecture, their other leaves held fixed."""
+
+    def bound(w, a):
+        return loss(eqx.combine(w, weights_static), eqx.combine(a, arch_static), batch)
+
+    return bound
 
 
 def tree_norm(tree) -> jax.Array:

@@ -35,17 +35,52 @@ import optax
 
 from jaxsecond.nas._common import (
     ArchitectureSearch,
-    check_callable,
-    check_opt_state,
-    check_optimizer,
+    bind_loss,
     check_positive,
     check_scalar_loss,
-    floating_part,
+    check_search_arguments,
+    searched_parts,
     tree_axpy,
     tree_norm,
+    unpack_state,
 )
 
 HVP_METHODS = ("exact", "finite_difference")
+
+
+def _check_order(order, xi, hvp) -> None:
+    """Trace-time checks of the order, the virtual step size and the mixed-term method."""
+    if isinstance(order, bool) or order not in (1, 2):
+        raise ValueError(f"order must be 1 or 2, got {order!r}")
+    if hvp not in HVP_METHODS:
+        raise ValueError(f"hvp must be one of {HVP_METHODS}, got {hvp!r}")
+    if order == 1:
+        if xi is not None and not (isinstance(xi, int | float) and xi == 0):
+            raise ValueError(
+                f"xi={xi!r} was given with order=1; first order is xi = 0 (use order=2 for "
+                "a virtual step)"
+            )
+    else:
+        if xi is None:
+            raise ValueError(
+                "order=2 needs xi, the virtual step size (DARTS uses the weights' learning rate)"
+            )
+        check_positive(xi, "xi")
+
+
+def _mixed_term(l_train, w, a, v, hvp: str):
+    """``d2 L_train / (d alpha d w) . v``, exactly or by the paper's central difference."""
+    grad_a_train = jax.grad(l_train, argnums=1)
+    if hvp == "exact":
+        # Push v forward through grad_alpha.
+        return jax.jvp(lambda w_: grad_a_train(w_, a), (w,), (v,))[1]
+    norm = tree_norm(v)
+    # eps = 0.01 / ||v|| as in the paper; when v = 0 both points coincide and the
+    # difference is 0 whatever eps.
+    eps = jnp.where(norm > 0, 0.01 / jnp.where(norm > 0, norm, 1), 0.01)
+    plus = grad_a_train(tree_axpy(eps, v, w), a)
+    minus = grad_a_train(tree_axpy(-eps, v, w), a)
+    return jax.tree.map(lambda p, m: (p - m) / (2 * eps), plus, minus)
 
 
 class DartsState(NamedTuple):
@@ -114,30 +149,13 @@ def darts(
         >>> print(f"{float(state.arch):.4f}")  # 2 / (1 + 2 * 0.5)
         1.0000
     """
-    check_callable(train_loss, "train_loss")
-    check_callable(val_loss, "val_loss")
-    check_optimizer(weight_optimizer, "weight_optimizer")
-    check_optimizer(arch_optimizer, "arch_optimizer")
-    if isinstance(order, bool) or order not in (1, 2):
-        raise ValueError(f"order must be 1 or 2, got {order!r}")
-    if hvp not in HVP_METHODS:
-        raise ValueError(f"hvp must be one of {HVP_METHODS}, got {hvp!r}")
-    if order == 1:
-        if xi is not None and not (isinstance(xi, int | float) and xi == 0):
-            raise ValueError(
-                f"xi={xi!r} was given with order=1; first order is xi = 0 (use order=2 for "
-                "a virtual step)"
-            )
-    else:
-        if xi is None:
-            raise ValueError(
-                "order=2 needs xi, the virtual step size (DARTS uses the weights' learning rate)"
-            )
-        check_positive(xi, "xi")
+    check_search_arguments(
+        train_loss, val_loss, weight_optimizer=weight_optimizer, arch_optimizer=arch_optimizer
+    )
+    _check_order(order, xi, hvp)
 
     def init(weights, arch) -> DartsState:
-        w, _ = floating_part(weights, "weights")
-        a, _ = floating_part(arch, "arch")
+        w, a = searched_parts(weights, arch)
         return DartsState(
             count=jnp.zeros([], jnp.int32),
             weights=weights,
@@ -147,26 +165,16 @@ def darts(
         )
 
     def step(state: DartsState, train_batch, val_batch):
-        if not isinstance(state, DartsState):
-            raise TypeError(f"state must be a DartsState from init, got {type(state).__name__}")
-        w, w_static = floating_part(state.weights, "state.weights")
-        a, a_static = floating_part(state.arch, "state.arch")
-        check_opt_state(
-            weight_optimizer, state.weight_opt_state, w, "state.weight_opt_state", "state.weights"
+        (w, w_static), (a, a_static) = unpack_state(
+            state,
+            DartsState,
+            ("weights", "weight_opt_state", weight_optimizer),
+            ("arch", "arch_opt_state", arch_optimizer),
         )
-        check_opt_state(
-            arch_optimizer, state.arch_opt_state, a, "state.arch_opt_state", "state.arch"
-        )
-
-        def l_train(w_, a_):
-            return train_loss(eqx.combine(w_, w_static), eqx.combine(a_, a_static), train_batch)
-
-        def l_val(w_, a_):
-            return val_loss(eqx.combine(w_, w_static), eqx.combine(a_, a_static), val_batch)
-
+        l_train = bind_loss(train_loss, train_batch, w_static, a_static)
+        l_val = bind_loss(val_loss, val_batch, w_static, a_static)
         check_scalar_loss(l_train, "train_loss", w, a)
         check_scalar_loss(l_val, "val_loss", w, a)
-        grad_a_train = jax.grad(l_train, argnums=1)
 
         # 1. Architecture: gradient of the validation loss after a virtual SGD step.
         if order == 2:
@@ -175,17 +183,7 @@ def darts(
             w_virtual = w
         val_value, (v, g_a) = jax.value_and_grad(l_val, argnums=(0, 1))(w_virtual, a)
         if order == 2:
-            if hvp == "exact":
-                # d2 L_train / (d alpha d w) . v: push v forward through grad_alpha.
-                mixed = jax.jvp(lambda w_: grad_a_train(w_, a), (w,), (v,))[1]
-            else:
-                norm = tree_norm(v)
-                # eps = 0.01 / ||v|| as in the paper; when v = 0 both points coincide and
-                # the difference is 0 whatever eps.
-                eps = jnp.where(norm > 0, 0.01 / jnp.where(norm > 0, norm, 1), 0.01)
-                plus = grad_a_train(tree_axpy(eps, v, w), a)
-                minus = grad_a_train(tree_axpy(-eps, v, w), a)
-                mixed = jax.tree.map(lambda p, m: (p - m) / (2 * eps), plus, minus)
+            mixed = _mixed_term(l_train, w, a, v, hvp)
             g_a = jax.tree.map(lambda g, m: g - xi * m, g_a, mixed)
         updates, arch_opt_state = arch_optimizer.update(g_a, state.arch_opt_state, a)
         a_new = optax.apply_updates(a, updates)

@@ -31,15 +31,14 @@ import optax
 
 from jaxsecond.nas._common import (
     ArchitectureSearch,
-    check_callable,
-    check_opt_state,
-    check_optimizer,
+    bind_loss,
     check_positive,
-    check_same,
     check_scalar_loss,
-    floating_part,
+    check_search_arguments,
     half_sq_distance,
+    searched_parts,
     tree_norm,
+    unpack_state,
 )
 
 
@@ -112,19 +111,20 @@ def rarts(
         >>> print(f"{float(state.arch):.4f} {2 / (2 - 1 / 20 - 1 / 100):.4f}")
         1.0309 1.0309
     """
-    check_callable(train_loss, "train_loss")
-    check_callable(val_loss, "val_loss")
-    check_optimizer(weight_optimizer, "weight_optimizer")
     if val_weight_optimizer is None:
         val_weight_optimizer = weight_optimizer
-    check_optimizer(val_weight_optimizer, "val_weight_optimizer")
-    check_optimizer(arch_optimizer, "arch_optimizer")
+    check_search_arguments(
+        train_loss,
+        val_loss,
+        weight_optimizer=weight_optimizer,
+        val_weight_optimizer=val_weight_optimizer,
+        arch_optimizer=arch_optimizer,
+    )
     check_positive(lam, "lam")
     check_positive(beta, "beta")
 
     def init(weights, arch) -> RartsState:
-        w, _ = floating_part(weights, "weights")
-        a, _ = floating_part(arch, "arch")
+        w, a = searched_parts(weights, arch)
         return RartsState(
             count=jnp.zeros([], jnp.int32),
             weights=weights,
@@ -137,32 +137,16 @@ def rarts(
         )
 
     def step(state: RartsState, train_batch, val_batch):
-        if not isinstance(state, RartsState):
-            raise TypeError(f"state must be a RartsState from init, got {type(state).__name__}")
-        w, w_static = floating_part(state.weights, "state.weights")
-        y, y_static = floating_part(state.val_weights, "state.val_weights")
-        a, a_static = floating_part(state.arch, "state.arch")
-        check_same(w, y, "state.val_weights", "state.weights")
-        check_opt_state(
-            weight_optimizer, state.weight_opt_state, w, "state.weight_opt_state", "state.weights"
+        (w, w_static), (y, y_static), (a, a_static) = unpack_state(
+            state,
+            RartsState,
+            ("weights", "weight_opt_state", weight_optimizer),
+            ("val_weights", "val_weight_opt_state", val_weight_optimizer),
+            ("arch", "arch_opt_state", arch_optimizer),
+            tied=("val_weights", "weights"),
         )
-        check_opt_state(
-            val_weight_optimizer,
-            state.val_weight_opt_state,
-            y,
-            "state.val_weight_opt_state",
-            "state.val_weights",
-        )
-        check_opt_state(
-            arch_optimizer, state.arch_opt_state, a, "state.arch_opt_state", "state.arch"
-        )
-
-        def l_train(w_, a_):
-            return train_loss(eqx.combine(w_, w_static), eqx.combine(a_, a_static), train_batch)
-
-        def l_val(y_, a_):
-            return val_loss(eqx.combine(y_, y_static), eqx.combine(a_, a_static), val_batch)
-
+        l_train = bind_loss(train_loss, train_batch, w_static, a_static)
+        l_val = bind_loss(val_loss, val_batch, y_static, a_static)
         check_scalar_loss(l_train, "train_loss", w, a)
         check_scalar_loss(l_val, "val_loss", y, a)
 

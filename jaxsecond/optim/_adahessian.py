@@ -97,6 +97,145 @@ def _average(d, axes, block_size, average_abs):
     return d if average_abs else jnp.abs(d)
 
 
+def _check_hyperparameters(
+    b1, b2, eps, hessian_power, spatial_average, block_size, update_interval, num_samples, seed
+):
+    """Trace-time checks of :func:`scale_by_adahessian`'s arguments; returns
+    ``(block_size, update_interval, num_samples, seed)`` as Python ints."""
+    # Hyperparameters injected by optax.inject_hyperparams arrive as traced arrays:
+    # only Python numbers can be checked here.
+    if isinstance(hessian_power, int | float) and not 0 < hessian_power <= 1:
+        raise ValueError(f"hessian_power must be in (0, 1], got {hessian_power!r}")
+    hint = " (with optax.inject_hyperparams, list it in static_args)"
+    try:  # NumPy integers are accepted and made Python ints
+        update_interval = check_count(update_interval, "update_interval")
+        num_samples = check_count(num_samples, "num_samples")
+        block_size = None if block_size is None else check_count(block_size, "block_size")
+        seed = check_count(seed, "seed", minimum=0)
+    except ValueError as error:
+        raise ValueError(f"{error}{hint}") from None
+    if isinstance(eps, int | float) and not eps >= 0:
+        raise ValueError(f"eps must be >= 0, got {eps!r}")
+    if not (isinstance(spatial_average, tuple) or spatial_average in LAYOUTS):
+        raise ValueError(
+            f"spatial_average must be one of {LAYOUTS} or a tuple of axes, got {spatial_average!r}"
+        )
+    for name, value in (("b1", b1), ("b2", b2)):
+        if isinstance(value, int | float) and not 0 <= value < 1:
+            raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+    return block_size, update_interval, num_samples, seed
+
+
+def _typed_key(seed: int, key):
+    """The probes' base key as a typed key (a legacy ``uint32[2]`` key is wrapped)."""
+    base_key = jax.random.key(seed) if key is None else check_key(key)
+    if not jax.dtypes.issubdtype(base_key.dtype, jax.dtypes.prng_key):
+        base_key = jax.random.wrap_key_data(base_key)
+    return base_key
+
+
+def _check_update_inputs(grads, state, params, obj_fn, hessian_diagonal, update_interval):
+    """Trace-time checks of ``update``'s inputs; returns ``hessian_diagonal`` filtered to
+    its floating-point arrays (or ``None``)."""
+    if obj_fn is None and hessian_diagonal is None and update_interval == 1:
+        raise ValueError(
+            "AdaHessian needs obj_fn= (params -> loss; probes are drawn here) or "
+            "hessian_diagonal= (an estimate, e.g. from value_grad_and_hessian_diagonal)"
+        )
+    if obj_fn is not None and hessian_diagonal is not None:
+        raise ValueError("pass obj_fn= or hessian_diagonal=, not both")
+    if obj_fn is not None and params is None:
+        raise ValueError("obj_fn= needs params: call update(grads, state, params, obj_fn=...)")
+    # Structure and shapes only: gradients may come in another precision.
+    shapes = lambda tree: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, "f4"), tree)
+    problem = describe_mismatch(shapes(state.mu), shapes(grads))
+    if problem is not None:
+        raise ValueError(
+            "state does not match the gradients (was it built by init for other "
+            f"params?): gradient {problem}"
+        )
+    if hessian_diagonal is not None:
+        hessian_diagonal = eqx.filter(hessian_diagonal, eqx.is_inexact_array)
+        problem = describe_mismatch(grads, hessian_diagonal)
+        if problem is not None:
+            raise ValueError(f"hessian_diagonal must be shaped like the gradients: {problem}")
+    return hessian_diagonal
+
+
+def _estimate(obj_fn, params, state, key_impl, num_samples: int):
+    """Hutchinson estimate of the Hessian diagonal of ``obj_fn`` at ``params``: fresh
+    probes for each estimate (the state's key folded with the estimates so far)."""
+    f, dynamic = scalar_function(obj_fn, params, name="obj_fn")
+    # The state holds raw key bits; rewrapped with the key's own implementation (a
+    # threefry, rbg or unsafe_rbg key alike).
+    key = jax.random.wrap_key_data(state.key, impl=key_impl)
+    step_key = jax.random.fold_in(key, state.hessian_count)
+
+    samples = jax.vmap(lambda i: probe_product(f, dynamic, step_key, i))(jnp.arange(num_samples))
+    return jax.tree.map(lambda s: jnp.mean(s, 0), samples)
+
+
+def _second_moment(nu, diag, b2, spatial_average, block_size, average_abs, axis_name):
+    """``b2 nu + (1 - b2) D^2``, with ``D`` the estimate averaged over devices, then per
+    leaf over its spatial axes (or blocks), made nonnegative."""
+    if axis_name is not None:
+        diag = jax.lax.pmean(diag, axis_name)
+    d = jax.tree.map(
+        lambda x: _average(x, _spatial_axes(x.ndim, spatial_average), block_size, average_abs),
+        diag,
+    )
+    return jax.tree.map(lambda v, di: b2 * v + (1 - b2) * di**2, nu, d)
+
+
+def _lazy_second_moment(new_nu, nu, refresh, update_interval, has_estimate):
+    """``new_nu(None)`` on refresh steps, ``nu`` kept in between."""
+    if update_interval == 1:
+        return new_nu(None)
+    if not has_estimate:
+        # The caller skips the estimate between refreshes; it must supply one at
+        # every refresh step (count % update_interval == 0).
+        return eqx.error_if(
+            nu,
+            refresh,
+            "AdaHessian: this step refreshes the Hessian estimate "
+            "(count % update_interval == 0) but got no obj_fn= or hessian_diagonal=",
+        )
+    # Lazy Hessian: skip the Hessian-vector products between refreshes.
+    return jax.lax.cond(refresh, new_nu, lambda _: nu, None)
+
+
+def _precondition(mu, nu, count, hessian_count, b1, b2, eps, hessian_power):
+    """The update ``m_hat / (sqrt(v_hat)^k + eps)`` from bias-corrected moments."""
+    undamped = isinstance(eps, int | float) and eps == 0
+    # Bias corrections in the working precision (float64 under x64).
+    real = jnp.result_type(float)
+    bc1 = 1 - b1 ** count.astype(real)
+    bc2 = 1 - b2 ** hessian_count.astype(real)
+
+    def scale(m, v):
+        m_hat = m / bc1.astype(m.dtype)
+        v_hat = v / jnp.maximum(bc2, jnp.finfo(real).tiny).astype(v.dtype)
+        if undamped:
+            # No gradient, no step, even where the estimate is zero too (0/0).
+            denominator = jnp.sqrt(v_hat) ** hessian_power
+            return jnp.where(m_hat == 0, 0, m_hat / jnp.where(m_hat == 0, 1, denominator))
+        return m_hat / (jnp.sqrt(v_hat) ** hessian_power + eps)
+
+    updates = jax.tree.map(scale, mu, nu)
+    return _error_if_infinite(updates) if undamped else updates
+
+
+def _error_if_infinite(updates):
+    """Run-time error for an infinite undamped step (a gradient but zero curvature)."""
+    infinite = jax.tree.map(lambda u: jnp.any(jnp.isinf(u)), updates)
+    return eqx.error_if(
+        updates,
+        jnp.any(jnp.stack(jax.tree.leaves(infinite) or [jnp.bool_(False)])),
+        "adahessian with eps=0: a parameter with a gradient has a zero curvature "
+        "estimate, so its step is infinite; use eps > 0",
+    )
+
+
 def scale_by_adahessian(
     b1: float = 0.9,
     b2: float = 0.999,
@@ -122,7 +261,8 @@ def scale_by_adahessian(
     Hessian-vector products there; a refresh step without an estimate raises.
 
     Args:
-        b1, b2: decay rates of the first moment and of the Hessian second moment.
+        b1: decay rate of the first moment.
+        b2: decay rate of the Hessian second moment.
         eps: added to the denominator, >= 0. With eps = 0 the update divides by the
             raw estimate (e.g. an exact Newton step on a strictly convex quadratic): a
             parameter without gradient does not move, and one with a gradient but a
@@ -147,7 +287,8 @@ def scale_by_adahessian(
             devices apply the same preconditioner. Under ``jax.shard_map``, derivatives
             with respect to replicated parameters are already combined over the mesh
             (scale each device's loss by ``1 / num_devices``); see the tests.
-        seed, key: randomness of the probes (``key`` overrides ``seed``).
+        seed: randomness of the probes, used when ``key`` is not given.
+        key: randomness of the probes; overrides ``seed``.
 
     Example:
         >>> import jax, jax.numpy as jnp, jaxsecond
@@ -158,139 +299,44 @@ def scale_by_adahessian(
         >>> print(p - u)  # one exact Newton step on a diagonal quadratic
         [0. 0.]
     """
-    # Hyperparameters injected by optax.inject_hyperparams arrive as traced arrays:
-    # only Python numbers can be checked here.
-    if isinstance(hessian_power, int | float) and not 0 < hessian_power <= 1:
-        raise ValueError(f"hessian_power must be in (0, 1], got {hessian_power!r}")
-    hint = " (with optax.inject_hyperparams, list it in static_args)"
-    try:  # NumPy integers are accepted and made Python ints
-        update_interval = check_count(update_interval, "update_interval")
-        num_samples = check_count(num_samples, "num_samples")
-        block_size = None if block_size is None else check_count(block_size, "block_size")
-        seed = check_count(seed, "seed", minimum=0)
-    except ValueError as error:
-        raise ValueError(f"{error}{hint}") from None
-    if isinstance(eps, int | float) and not eps >= 0:
-        raise ValueError(f"eps must be >= 0, got {eps!r}")
-    undamped = isinstance(eps, int | float) and eps == 0
-    if not (isinstance(spatial_average, tuple) or spatial_average in LAYOUTS):
-        raise ValueError(
-            f"spatial_average must be one of {LAYOUTS} or a tuple of axes, got {spatial_average!r}"
-        )
-    for name, value in (("b1", b1), ("b2", b2)):
-        if isinstance(value, int | float) and not 0 <= value < 1:
-            raise ValueError(f"{name} must be in [0, 1), got {value!r}")
-    base_key = jax.random.key(seed) if key is None else check_key(key)
-    if not jax.dtypes.issubdtype(base_key.dtype, jax.dtypes.prng_key):
-        base_key = jax.random.wrap_key_data(base_key)
-    # The state holds raw key bits; rewrapped with the key's own implementation (a
-    # threefry, rbg or unsafe_rbg key alike).
+    block_size, update_interval, num_samples, seed = _check_hyperparameters(
+        b1, b2, eps, hessian_power, spatial_average, block_size, update_interval, num_samples, seed
+    )
+    base_key = _typed_key(seed, key)
     key_impl = jax.random.key_impl(base_key)
 
     def init_fn(params):
         dynamic = eqx.filter(params, eqx.is_inexact_array)
-        zeros = jax.tree.map(jnp.zeros_like, dynamic)
         return ScaleByAdaHessianState(
             count=jnp.zeros([], jnp.int32),
             hessian_count=jnp.zeros([], jnp.int32),
-            mu=zeros,
+            mu=jax.tree.map(jnp.zeros_like, dynamic),
             nu=jax.tree.map(jnp.zeros_like, dynamic),
             key=jax.random.key_data(base_key),
         )
 
-    def estimate(params, obj_fn, key_data, step):
-        f, dynamic = scalar_function(obj_fn, params, name="obj_fn")
-        step_key = jax.random.fold_in(jax.random.wrap_key_data(key_data, impl=key_impl), step)
-
-        samples = jax.vmap(lambda i: probe_product(f, dynamic, step_key, i))(
-            jnp.arange(num_samples)
-        )
-        return jax.tree.map(lambda s: jnp.mean(s, 0), samples)
-
     def update_fn(updates, state, params=None, *, obj_fn=None, hessian_diagonal=None, **extra):
         del extra
         grads = eqx.filter(updates, eqx.is_inexact_array)
-        if obj_fn is None and hessian_diagonal is None and update_interval == 1:
-            raise ValueError(
-                "AdaHessian needs obj_fn= (params -> loss; probes are drawn here) or "
-                "hessian_diagonal= (an estimate, e.g. from value_grad_and_hessian_diagonal)"
-            )
-        if obj_fn is not None and hessian_diagonal is not None:
-            raise ValueError("pass obj_fn= or hessian_diagonal=, not both")
-        if obj_fn is not None and params is None:
-            raise ValueError("obj_fn= needs params: call update(grads, state, params, obj_fn=...)")
-        # Structure and shapes only: gradients may come in another precision.
-        shapes = lambda tree: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, "f4"), tree)
-        problem = describe_mismatch(shapes(state.mu), shapes(grads))
-        if problem is not None:
-            raise ValueError(
-                "state does not match the gradients (was it built by init for other "
-                f"params?): gradient {problem}"
-            )
-        if hessian_diagonal is not None:
-            hessian_diagonal = eqx.filter(hessian_diagonal, eqx.is_inexact_array)
-            problem = describe_mismatch(grads, hessian_diagonal)
-            if problem is not None:
-                raise ValueError(f"hessian_diagonal must be shaped like the gradients: {problem}")
-
+        hessian_diagonal = _check_update_inputs(
+            grads, state, params, obj_fn, hessian_diagonal, update_interval
+        )
         refresh = state.count % update_interval == 0
 
         def new_nu(_):
-            diag = (
-                hessian_diagonal
-                if hessian_diagonal is not None
-                else estimate(params, obj_fn, state.key, state.hessian_count)
+            diag = hessian_diagonal
+            if diag is None:
+                diag = _estimate(obj_fn, params, state, key_impl, num_samples)
+            return _second_moment(
+                state.nu, diag, b2, spatial_average, block_size, average_abs, axis_name
             )
-            if axis_name is not None:
-                diag = jax.lax.pmean(diag, axis_name)
-            d = jax.tree.map(
-                lambda x: _average(
-                    x, _spatial_axes(x.ndim, spatial_average), block_size, average_abs
-                ),
-                diag,
-            )
-            return jax.tree.map(lambda v, di: b2 * v + (1 - b2) * di**2, state.nu, d)
 
-        if update_interval == 1:
-            nu = new_nu(None)
-        elif obj_fn is None and hessian_diagonal is None:
-            # The caller skips the estimate between refreshes; it must supply one at
-            # every refresh step (count % update_interval == 0).
-            nu = eqx.error_if(
-                state.nu,
-                refresh,
-                "AdaHessian: this step refreshes the Hessian estimate "
-                "(count % update_interval == 0) but got no obj_fn= or hessian_diagonal=",
-            )
-        else:
-            # Lazy Hessian: skip the Hessian-vector products between refreshes.
-            nu = jax.lax.cond(refresh, new_nu, lambda _: state.nu, None)
+        has_estimate = obj_fn is not None or hessian_diagonal is not None
+        nu = _lazy_second_moment(new_nu, state.nu, refresh, update_interval, has_estimate)
         hessian_count = state.hessian_count + refresh.astype(jnp.int32)
         count = state.count + 1
         mu = jax.tree.map(lambda m, g: b1 * m + (1 - b1) * g, state.mu, grads)
-        # Bias corrections in the working precision (float64 under x64).
-        real = jnp.result_type(float)
-        bc1 = 1 - b1 ** count.astype(real)
-        bc2 = 1 - b2 ** hessian_count.astype(real)
-
-        def scale(m, v):
-            m_hat = m / bc1.astype(m.dtype)
-            v_hat = v / jnp.maximum(bc2, jnp.finfo(real).tiny).astype(v.dtype)
-            if undamped:
-                # No gradient, no step, even where the estimate is zero too (0/0).
-                denominator = jnp.sqrt(v_hat) ** hessian_power
-                return jnp.where(m_hat == 0, 0, m_hat / jnp.where(m_hat == 0, 1, denominator))
-            return m_hat / (jnp.sqrt(v_hat) ** hessian_power + eps)
-
-        new_updates = jax.tree.map(scale, mu, nu)
-        if undamped:
-            infinite = jax.tree.map(lambda u: jnp.any(jnp.isinf(u)), new_updates)
-            new_updates = eqx.error_if(
-                new_updates,
-                jnp.any(jnp.stack(jax.tree.leaves(infinite) or [jnp.bool_(False)])),
-                "adahessian with eps=0: a parameter with a gradient has a zero curvature "
-                "estimate, so its step is infinite; use eps > 0",
-            )
+        new_updates = _precondition(mu, nu, count, hessian_count, b1, b2, eps, hessian_power)
         return new_updates, ScaleByAdaHessianState(count, hessian_count, mu, nu, state.key)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
