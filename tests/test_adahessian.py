@@ -206,6 +206,7 @@ def test_default_averaging_leaves_non_kernel_leaves_alone(getkey):
 # ------------------------------------------------------------------------- composition
 
 
+@pytest.mark.integration  # heavy: in the second tier
 def test_works_in_optax_wrappers_and_with_equinox_modules(getkey):
     model = eqx.nn.MLP(3, 2, 8, 1, key=getkey())
     x = jax.random.normal(getkey(), (16, 3))
@@ -298,6 +299,7 @@ print(max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(w), jax
 """
 
 
+@pytest.mark.integration  # heavy: in the second tier
 def test_data_parallel_estimate_is_averaged_across_devices():
     # Two host devices, half the batch each, parameters replicated: the sharded
     # AdaHessian step (gradient and Hessian-diagonal estimate combined across the mesh)

@@ -216,6 +216,7 @@ def test_implicit_derivatives_in_half_precision(dtype, solve):
     np.testing.assert_allclose(np.diag(np.asarray(jac, np.float32)), [0.25, 1 / 6], rtol=4 * eps)
 
 
+@pytest.mark.integration  # heavy: in the second tier
 @pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16])
 def test_curvature_estimators_in_half_precision(dtype):
     # Hessian diag(1..6): trace 21, top eigenvalues 6 and 5, all exactly representable;

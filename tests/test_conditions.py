@@ -193,6 +193,7 @@ def test_mirror_descent_entropy_on_the_simplex_in_every_mode():
     _check_every_mode(lambda t: solver(jnp.full(4, 0.25), None, t), jax.nn.softmax, theta)
 
 
+@pytest.mark.integration  # heavy: in the second tier
 def test_mirror_and_projected_conditions_agree_on_a_simplex_quadratic():
     # The same problem (an interior solution of a quadratic on the simplex) through two
     # conditions: both derivatives equal the dense implicit-function solve of the KKT

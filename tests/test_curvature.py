@@ -87,6 +87,7 @@ def test_hvp_and_grad_and_hvp_match_explicit_hessian(getkey):
     assert_tree_allclose(hv, expected, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.integration  # heavy: in the second tier
 def test_products_on_equinox_module(getkey):
     loss, model = mlp_loss(getkey())
     dyn, static = eqx.partition(model, eqx.is_array)
@@ -152,6 +153,7 @@ def shared_key_diagonal(loss, params, key, num_samples):
     return jax.tree.map(lambda s: jnp.mean(s, 0), jax.vmap(one)(jnp.arange(num_samples)))
 
 
+@pytest.mark.integration  # heavy: in the second tier
 def test_hutchinson_diagonal_unbiased_within_statistical_bound(getkey):
     # Two leaves of the same shape with a non-zero cross-Hessian at equal indices: a key
     # shared across leaves makes their probes identical and adds those cross entries
@@ -177,6 +179,7 @@ def test_hutchinson_diagonal_unbiased_within_statistical_bound(getkey):
     assert not bool(jnp.all(jnp.abs(shared - exact) <= 5 * sigma + 1e-12))
 
 
+@pytest.mark.integration  # heavy: in the second tier
 def test_batch_size_does_not_change_the_estimate_and_stderr_is_right(getkey):
     loss, params = mixed_problem(getkey())
     key = getkey()
@@ -200,6 +203,7 @@ def test_batch_size_does_not_change_the_estimate_and_stderr_is_right(getkey):
     )
 
 
+@pytest.mark.integration  # heavy: in the second tier
 def test_trace_per_leaf_sums_to_total_and_matches_exact_in_expectation(getkey):
     loss, model = mlp_loss(getkey())
     dyn, static = eqx.partition(model, eqx.is_array)
@@ -214,6 +218,7 @@ def test_trace_per_leaf_sums_to_total_and_matches_exact_in_expectation(getkey):
     assert abs(float(total) - float(jnp.trace(H))) <= 5 * float(err)
 
 
+@pytest.mark.integration  # heavy: in the second tier
 def test_hutchpp_has_lower_variance_than_hutchinson(getkey):
     # A quadratic whose Hessian has eigenvalues 1/i^2: a few dominate the trace.
     n = 60
@@ -259,6 +264,7 @@ def lanczos_problem(key):
     return loss, model
 
 
+@pytest.mark.integration  # heavy: in the second tier
 def test_lanczos_matches_eigh_and_eigenvectors_satisfy_hvp(getkey):
     loss, model = lanczos_problem(getkey())
     dyn, static = eqx.partition(model, eqx.is_array)

@@ -171,6 +171,7 @@ def test_adaptive_reversible_adjoint_equals_store_all(getkey):
     assert 1e-12 < error < 1e-4
 
 
+@pytest.mark.integration  # heavy: in the second tier
 def test_adaptive_reversible_adjoint_memory_holds_no_states():
     # A large state (4096) and up to 10x more step slots: StoreAll's reverse pass grows
     # with the slots, the reversible one only by the recorded step times (8 bytes each).
@@ -234,6 +235,7 @@ def lorenz(t, y, p):
 # ------------------------------------------------------------------- exactness
 
 
+@pytest.mark.integration  # heavy: in the second tier
 @pytest.mark.parametrize("solver", [js.ReversibleHeun(), js.Reversible(js.RK4())], ids=str)
 def test_reversible_adjoint_equals_store_all(getkey, solver):
     vf, params = mlp_ode(getkey())
@@ -282,6 +284,7 @@ def _max_rel_error(ours, ref):
     )
 
 
+@pytest.mark.integration  # heavy: in the second tier
 def test_reversible_adjoint_equals_store_all_on_lorenz():
     ours, ref = _lorenz_gradients(js.Reversible(js.RK4(), coupling=0.999), t_end=0.5)
     # Chaotic, so reconstruction round-off grows like exp(0.9 t); over t = 0.5 it stays
@@ -541,6 +544,7 @@ def test_statistics_count_evaluations():
         assert ("reconstruction_error" in stats) == isinstance(solver, js.AbstractReversibleSolver)
 
 
+@pytest.mark.integration  # heavy: in the second tier
 def test_coupling_keeps_reconstruction_bounded_where_reversible_heun_drifts():
     # Lorenz over t = 1: reversible Heun's reconstruction drifts (its two sequences
     # decouple on dissipative dynamics) to ~6e-3, so its "exact" gradient would be off;

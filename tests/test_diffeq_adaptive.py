@@ -135,6 +135,7 @@ def _rotation_loss(adjoint, solver, ts):
     return loss, exact
 
 
+@pytest.mark.integration  # heavy: in the second tier
 @pytest.mark.parametrize("name", list(ADAPTIVE_ADJOINTS))
 def test_adaptive_adjoints_match_the_closed_form(name):
     # Forward and reverse mode, and a Hessian-vector product (forward over reverse),
@@ -163,6 +164,7 @@ def test_adaptive_adjoints_match_the_closed_form(name):
     )
 
 
+@pytest.mark.integration  # heavy: in the second tier
 def test_exact_adjoints_agree_to_round_off_on_the_same_adaptive_grid():
     # StoreAll, Checkpointed and forward mode differentiate the same accepted steps (and
     # the same interpolated outputs), so they agree to round-off, far closer than to the
@@ -179,6 +181,7 @@ def test_exact_adjoints_agree_to_round_off_on_the_same_adaptive_grid():
         assert_tree_allclose(grads[name], grads["StoreAll"], rtol=1e-12, atol=1e-13)
 
 
+@pytest.mark.integration  # heavy: in the second tier
 def test_recursive_checkpointing_is_exact_and_holds_fewer_states():
     # Checkpointed(k, levels) recomputes the same accepted steps as StoreAll, so the
     # gradient and a Hessian-vector product agree to round-off (1e-12, against a
@@ -227,6 +230,7 @@ def test_recursive_checkpointing_is_exact_and_holds_fewer_states():
     assert three < 0.5 * one_level
 
 
+@pytest.mark.integration  # heavy: in the second tier
 def test_adaptive_reversible_adjoint_equals_store_all_of_the_same_solver():
     ts = jnp.linspace(0.0, 3.0, 4)
     ref = jax.grad(_rotation_loss(js.StoreAll(), js.Reversible(js.Dopri5()), ts)[0])(1.3)
@@ -414,6 +418,7 @@ def _lv_gradient(solver, adjoint):
     return jax.jit(jax.grad(loss))  # one compilation (eager: one per loop run)
 
 
+@pytest.mark.integration  # heavy: in the second tier
 def test_float32_reversible_gradient_is_right_or_raises(float32):
     # The case of the issue: float32 Lotka-Volterra, where plain reconstruction drifts
     # by ~0.1 and the gradient would be off by a factor ~100.
@@ -500,6 +505,7 @@ def test_reversible_dopri5_on_a_dissipative_problem_is_reported():
 # ------------------------------------------------------------------- progress meter
 
 
+@pytest.mark.integration  # heavy: in the second tier
 @pytest.mark.parametrize("steps", [{"dt0": 0.01}, {"rtol": 1e-6, "atol": 1e-6}], ids=str)
 def test_progress_meter_reaches_the_end_and_changes_nothing(steps):
     from jaxsecond.diffeq import _progress
@@ -526,7 +532,16 @@ def test_progress_meter_reaches_the_end_and_changes_nothing(steps):
         solve(1.0, "yes")
 
 
-@pytest.mark.parametrize("name", list(ADAPTIVE_ADJOINTS))
+@pytest.mark.integration  # heavy: in the second tier
+@pytest.mark.parametrize(
+    "name",
+    # The check sits on the loop's outputs whatever the adjoint: one stored and one
+    # reconstructing adjoint in CI, the checkpointed variants with the slow tests.
+    [
+        pytest.param(n, marks=pytest.mark.slow) if "heckpoint" in n else n
+        for n in ADAPTIVE_ADJOINTS
+    ],
+)
 def test_running_out_of_steps_raises_under_jit_and_grad(name):
     # The check sits on every output of the loop, so jit keeps it whether the outputs,
     # or only the step times a reverse pass walks, are used.

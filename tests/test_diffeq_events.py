@@ -50,6 +50,7 @@ CASES = [("adaptive", name) for name in ADJOINTS] + [
 ]
 
 
+@pytest.mark.integration  # heavy: in the second tier
 @pytest.mark.parametrize(("steps", "adjoint_name"), CASES)
 def test_landing_time_and_its_derivatives_match_the_closed_form(steps, adjoint_name):
     # A ball dropped from height 1 lands at t = sqrt(2 / g): dt/dg = -t / (2 g),
@@ -99,6 +100,7 @@ def _oscillator(t, y, w):
     return jnp.stack([y[1], -(w**2) * y[0]])
 
 
+@pytest.mark.integration  # heavy: in the second tier
 @pytest.mark.parametrize("steps", ["adaptive", pytest.param("fixed", marks=pytest.mark.slow)])
 def test_event_time_finite_differences_orders_1_and_2(steps):
     # y = cos(w t) first reaches the level c at t = arccos(c) / w. Derivatives w.r.t.
@@ -151,6 +153,7 @@ def test_direction_selects_the_crossing():
     )
 
 
+@pytest.mark.integration  # heavy: in the second tier
 def test_no_event_ends_at_the_last_time_and_vmap_mixes_both():
     def landing(g):
         sol = js.odeint(
@@ -185,6 +188,7 @@ def test_event_backwards_in_time():
     np.testing.assert_allclose(sol.y_final, 0.5, rtol=1e-12)
 
 
+@pytest.mark.integration  # heavy: in the second tier
 def test_event_keeps_float32(float32):
     def landing(g):
         y0 = jnp.array([1.0, 0.0], jnp.float32)

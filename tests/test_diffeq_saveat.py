@@ -144,6 +144,7 @@ def test_dense_hermite_is_third_order():
     assert 3.6 < slope < 4.6, slope
 
 
+@pytest.mark.integration  # heavy: in the second tier
 def test_dense_derivatives_in_time_and_parameters():
     def at(t, w):
         sol = js.odeint(_rotation, Y0, TS, w, saveat=js.SaveAt(dense=True), rtol=1e-10, atol=1e-12)

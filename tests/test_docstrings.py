@@ -41,6 +41,7 @@ def test_docstring_examples(name):
     assert result.failed == 0
 
 
+@pytest.mark.integration  # heavy: in the second tier
 def test_readme_tour_runs():
     # The README's tour is code users paste first: it must run as written.
     import pathlib

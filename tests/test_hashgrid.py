@@ -72,6 +72,7 @@ def _eikonal(enc, tables, w, xs):
         (3, 4),
     ],
 )
+@pytest.mark.integration  # heavy: in the second tier
 def test_pallas_path_equals_xla_path_to_second_order(dim, features):
     xla, pallas = _encodings(dim, features)
     xs = _points(dim=dim)
@@ -127,6 +128,7 @@ def test_batching_and_jit():
     assert_tree_allclose(ens(pallas), ens(xla), rtol=RTOL, atol=ATOL)
 
 
+@pytest.mark.integration  # heavy: in the second tier
 def test_check_grads_orders_one_and_two():
     _, pallas = _encodings(dim=2, features=2)
     xs = _points(3, dim=2)
@@ -173,6 +175,7 @@ def test_active_levels_zero_the_output_and_the_gradient():
     assert levels == [2, 2, 3, 4, 5]
 
 
+@pytest.mark.integration  # heavy: in the second tier
 def test_non_finite_points_give_nan_features_and_no_gradient():
     # Such a point has no cell. Before, its arbitrary hashed rows got NaN gradients.
     xla, pallas = _encodings()

@@ -271,6 +271,7 @@ def logistic(getkey):
     return X, y, jnp.asarray(0.3)
 
 
+@pytest.mark.integration  # heavy: in the second tier
 def test_logistic_finite_differences_orders_1_and_2(logistic):
     X, y, lam = logistic
     w0 = jnp.zeros(X.shape[1])

@@ -27,7 +27,7 @@ from jaxsecond.parallel import (
 
 # One worker runs the whole module: its module-scoped fixtures and cached references are
 # computed once (pytest -n 2 --dist loadgroup).
-pytestmark = pytest.mark.xdist_group("parallel")
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("parallel")]
 
 # Shared by this process and the subprocess: a tiny model, its data, the references.
 COMMON = textwrap.dedent(

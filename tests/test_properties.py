@@ -18,6 +18,8 @@ from hypothesis import strategies as st
 
 import jaxsecond as js
 
+pytestmark = pytest.mark.integration  # whole programs: second tier
+
 SETTINGS = settings(
     max_examples=6,
     deadline=None,

@@ -85,6 +85,7 @@ def test_random_problems_are_solved_and_differentiated(n):
         np.testing.assert_allclose(got[i], want[i], rtol=1e-8, atol=1e-8, err_msg=f"arg {i}")
 
 
+@pytest.mark.integration  # heavy: in the second tier
 def test_every_mode_on_a_small_problem():
     # theta scales the diagonal of Q and shifts c: the solution is nonlinear in it.
     Q, c, A, b, G, h = _problem(jax.random.key(3), 6, 1, 6)

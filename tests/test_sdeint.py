@@ -44,6 +44,7 @@ def _strong_error(solver, ito, steps, keys):
     return float(jnp.mean(jax.vmap(one)(keys)))
 
 
+@pytest.mark.integration  # heavy: in the second tier
 @pytest.mark.parametrize("name", list(STRONG))
 def test_strong_order(name):
     solver, ito, order = STRONG[name]
@@ -191,6 +192,7 @@ def test_adaptive_heun_converges_on_one_brownian_path():
     np.testing.assert_array_equal(once, again)
 
 
+@pytest.mark.integration  # heavy: in the second tier
 def test_adaptive_reversible_adjoint_equals_store_all_for_an_sde():
     drift, diffusion, y0, ts, p, key, path = _adaptive_problem()
     solver = js.Reversible(js.Heun())
