@@ -350,27 +350,16 @@ def _cmd_bench(ns: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- info
 
 
-def _version(distribution: str) -> str:
-    try:
-        return importlib.metadata.version(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        pass
-    try:
-        module = importlib.import_module(distribution)
-    except Exception:
-        return "not installed"
-    return str(getattr(module, "__version__", "unknown"))
-
-
 def _cmd_info(ns: argparse.Namespace) -> int:
     with _INTERRUPTS.deferred():
         import jax
 
     import jaxsecond
+    from jaxsecond._harness import package_version
 
-    rows = [("jaxsecond", getattr(jaxsecond, "__version__", _version("jaxsecond")))]
+    rows = [("jaxsecond", getattr(jaxsecond, "__version__", package_version("jaxsecond")))]
     for name in _VERSION_PACKAGES:
-        version = jax.__version__ if name == "jax" else _version(name)
+        version = jax.__version__ if name == "jax" else package_version(name)
         rows.append((name, version))
     rows.append(("python", f"{platform.python_version()} ({platform.python_implementation()})"))
     try:

@@ -291,7 +291,8 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
 # --------------------------------------------------------------------------- RESULTS.md
 
 
-def _version(distribution: str) -> str:
+def package_version(distribution: str) -> str:
+    """The installed version of ``distribution``, ``"not installed"`` when absent."""
     try:
         return importlib.metadata.version(distribution)
     except importlib.metadata.PackageNotFoundError:
@@ -352,7 +353,7 @@ def write_section(
     path = pathlib.Path(results_path)
     begin, end = _markers(title)
     versions = ", ".join(
-        f"{name} {_version(name)}" for name in dict.fromkeys([*_PROBE_PACKAGES, *packages])
+        f"{name} {package_version(name)}" for name in dict.fromkeys([*_PROBE_PACKAGES, *packages])
     )
     today = datetime.date.today().isoformat()
     section = (
