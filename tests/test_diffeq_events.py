@@ -100,8 +100,10 @@ def _oscillator(t, y, w):
     return jnp.stack([y[1], -(w**2) * y[0]])
 
 
-@pytest.mark.integration  # heavy: in the second tier
-@pytest.mark.parametrize("steps", ["adaptive", pytest.param("fixed", marks=pytest.mark.slow)])
+# The closed-form test above checks the event time's first and second derivatives for
+# every adjoint; this finite-difference check of both orders runs with the slow tests.
+@pytest.mark.slow
+@pytest.mark.parametrize("steps", ["adaptive", "fixed"])
 def test_event_time_finite_differences_orders_1_and_2(steps):
     # y = cos(w t) first reaches the level c at t = arccos(c) / w. Derivatives w.r.t.
     # the vector field's parameter, the initial state and a parameter closed over by

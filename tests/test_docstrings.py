@@ -33,6 +33,7 @@ MODULES = [
 ]
 
 
+@pytest.mark.integration  # heavy: in the second tier
 @pytest.mark.parametrize("name", MODULES)
 def test_docstring_examples(name):
     module = importlib.import_module(name)

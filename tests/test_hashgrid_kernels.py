@@ -180,6 +180,7 @@ def _tolerance(dtype):
     return dict(rtol=1e-12, atol=1e-12) if dtype == "float64" else dict(rtol=2e-5, atol=2e-4)
 
 
+@pytest.mark.integration  # heavy: in the second tier
 @pytest.mark.parametrize(("dim", "nf", "order", "dtype"), CASES)
 def test_interpolate_pallas_matches_reference(dim, nf, order, dtype, getkey):
     with jax.enable_x64(dtype == "float64"):
@@ -194,6 +195,7 @@ def test_interpolate_pallas_matches_reference(dim, nf, order, dtype, getkey):
         assert_tree_allclose(got, want, **_tolerance(dtype))
 
 
+@pytest.mark.integration  # heavy: in the second tier
 def test_interpolate_pallas_orders_above_dim_and_jit(getkey):
     cfg = hg.make_grid_config(2, 2, 2, 6, 3, 2.0)
     tables = _tables(getkey(), cfg)
@@ -204,6 +206,7 @@ def test_interpolate_pallas_orders_above_dim_and_jit(getkey):
     assert got[3].shape == (10, 2, 2, 2, 2, 2) and float(jnp.abs(got[3]).max()) == 0.0
 
 
+@pytest.mark.integration  # heavy: in the second tier
 @pytest.mark.parametrize(("dim", "nf", "order", "dtype"), CASES)
 def test_scatter_pallas_matches_reference(dim, nf, order, dtype, getkey):
     with jax.enable_x64(dtype == "float64"):
@@ -217,6 +220,7 @@ def test_scatter_pallas_matches_reference(dim, nf, order, dtype, getkey):
         assert_tree_allclose(got, hg.scatter_reference(x, cot, cfg), **_tolerance(dtype))
 
 
+@pytest.mark.integration  # heavy: in the second tier
 def test_scatter_pallas_skips_none_cotangents(getkey):
     cfg = hg.make_grid_config(2, 2, 2, 5, 2, 2.0)
     x = jax.random.uniform(getkey(), (13, 2))

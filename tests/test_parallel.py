@@ -5,6 +5,7 @@ the 1-device mesh and argument checks run here.
 """
 
 import doctest
+import functools
 import json
 import os
 import subprocess
@@ -212,6 +213,11 @@ SCRIPT = (
 
 @pytest.fixture(scope="module")
 def eight_devices():
+    return _eight_devices()
+
+
+@functools.cache  # xdist may interleave modules on a worker: run the subprocess once
+def _eight_devices():
     env = {
         **os.environ,
         "XLA_FLAGS": "--xla_force_host_platform_device_count=8",

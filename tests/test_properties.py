@@ -21,7 +21,7 @@ import jaxsecond as js
 pytestmark = pytest.mark.integration  # whole programs: second tier
 
 SETTINGS = settings(
-    max_examples=6,
+    max_examples=4,  # each example compiles new programs; CI time is the limit
     deadline=None,
     derandomize=True,
     suppress_health_check=[HealthCheck.too_slow],

@@ -45,7 +45,12 @@ def _strong_error(solver, ito, steps, keys):
 
 
 @pytest.mark.integration  # heavy: in the second tier
-@pytest.mark.parametrize("name", list(STRONG))
+@pytest.mark.parametrize(
+    "name",
+    # Euler-Maruyama (order 1/2) and reversible Heun (order 1) in CI; Heun and the
+    # reversible wrapper, the same order-1 Stratonovich scheme twice, with the slow tests.
+    [pytest.param(n, marks=pytest.mark.slow) if "Heun)" in n or n == "Heun" else n for n in STRONG],
+)
 def test_strong_order(name):
     solver, ito, order = STRONG[name]
     keys = jax.random.split(jax.random.key(0), 200)
@@ -56,6 +61,7 @@ def test_strong_order(name):
     assert abs(slope - order) <= 0.3, (name, slope, errors)
 
 
+@pytest.mark.integration  # heavy: in the second tier
 def test_reversible_adjoint_equals_store_all_for_a_neural_sde(getkey):
     k1, k2 = jax.random.split(getkey())
     params = {"W": 0.5 * jax.random.normal(k1, (3, 3)), "s": 0.2 * jax.random.normal(k2, (3,))}
@@ -160,6 +166,7 @@ def _adaptive_problem():
     return drift, diffusion, y0, ts, p, key, path
 
 
+@pytest.mark.integration  # heavy: in the second tier
 def test_adaptive_heun_converges_on_one_brownian_path():
     drift, diffusion, y0, ts, p, key, path = _adaptive_problem()
     fine = js.sdeint(
@@ -248,6 +255,7 @@ def _gbm_gradients(dt, adjoint, solver=None):
 @pytest.mark.parametrize(
     "solver", [js.Heun(), pytest.param(js.ReversibleHeun(), marks=pytest.mark.slow)], ids=str
 )
+@pytest.mark.integration  # heavy: in the second tier
 def test_backsolve_adjoint_for_sdes_converges_to_the_discrete_gradient(solver):
     # The continuous (Stratonovich) adjoint solved backwards on the same Brownian
     # increments differs from the exact discrete gradient by the discretisation
