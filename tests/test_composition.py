@@ -302,9 +302,13 @@ def _reference_of(reference, outer_name):
 @pytest.mark.parametrize("outer_name", list(OUTERS))
 @pytest.mark.parametrize(
     "inner_name",
-    # The Pallas kernels in the interpreter equal the XLA path to second order
-    # (test_hashgrid.py), so their row of the matrix runs with the slow tests.
-    [pytest.param(n, marks=pytest.mark.slow) if n.endswith("pallas") else n for n in INNERS],
+    # Two rows run with the slow tests: the Pallas kernels in the interpreter equal the
+    # XLA path to second order (test_hashgrid.py), and fixed-step Checkpointed
+    # differentiates the same loop as StoreAll (test_diffeq.py checks them equal).
+    [
+        pytest.param(n, marks=pytest.mark.slow) if n.endswith(("pallas", "Checkpointed")) else n
+        for n in INNERS
+    ],
 )
 def test_composition(inner_name, outer_name):
     inner, _, rtol = INNERS[inner_name]

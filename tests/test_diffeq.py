@@ -284,7 +284,8 @@ def _max_rel_error(ours, ref):
     )
 
 
-@pytest.mark.integration  # heavy: in the second tier
+# test_reversible_adjoint_equals_store_all covers the claim in CI; Lorenz (chaotic) is slow.
+@pytest.mark.slow
 def test_reversible_adjoint_equals_store_all_on_lorenz():
     ours, ref = _lorenz_gradients(js.Reversible(js.RK4(), coupling=0.999), t_end=0.5)
     # Chaotic, so reconstruction round-off grows like exp(0.9 t); over t = 0.5 it stays

@@ -19,6 +19,8 @@ from tests.helpers import headline_numbers, load_example, rel_err
 pytestmark = pytest.mark.integration
 
 
+# test_diffeq.py checks reversible = store-all for every reversible solver in CI.
+@pytest.mark.slow
 def test_reversible_gradient_matches_store_all():
     ex = load_example("neural_ode_spiral")
     ts, ys = ex.make_data()

@@ -33,6 +33,8 @@ def test_data_has_the_ou_moments():
     assert float(jnp.max(jnp.abs(std - exact_std))) < 0.03
 
 
+# test_sdeint.py checks the same claim on a neural SDE in CI.
+@pytest.mark.slow
 def test_reversible_gradient_matches_store_all():
     ex = load_example("neural_sde_ou")
     ts, paths = ex.make_data(jax.random.key(0), num_paths=256)

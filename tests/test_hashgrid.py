@@ -66,8 +66,8 @@ def _eikonal(enc, tables, w, xs):
     [
         (2, 1),
         # Dimension 3 and more than one feature per level are both covered by (3, 4);
-        # (3, 2), the default width, is also checked to second order (pallas against a
-        # map_coordinates reference) by test_composition.
+        # (3, 2), the default width, runs with the slow tests (as does the composition
+        # matrix's Pallas row, which checks it against a map_coordinates reference).
         pytest.param(3, 2, marks=pytest.mark.slow),
         (3, 4),
     ],
