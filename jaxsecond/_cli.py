@@ -2,7 +2,7 @@
 
 Example:
     $ jaxsecond info                      # versions, devices, hash-grid backend
-    $ jaxsecond tour                      # one small example per area (about 2 minutes)
+    $ jaxsecond tour                      # one small example per area (about 2.5 minutes)
     $ jaxsecond tour --all                # every example at quick size
     $ jaxsecond tour --full --out figs NAME ...
     $ jaxsecond bench --quick             # rerun benchmarks/bench_*.py, rewrite RESULTS.md
@@ -399,7 +399,7 @@ def _parser() -> argparse.ArgumentParser:
         "tour",
         help="run the examples and write their figures",
         description="Run examples at quick size and write each one's figures to "
-        "OUT/<name>/: by default one small example per area (about two minutes on two "
+        "OUT/<name>/: by default one small example per area (two to three minutes on two "
         "cores), with --all every example, or the NAMEs given. Prints one line per example "
         "and the path of each figure.",
     )

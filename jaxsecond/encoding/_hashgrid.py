@@ -16,6 +16,11 @@ from jaxsecond.kernels import hashgrid as kernels
 _BACKENDS = ("auto", "xla", "pallas")
 
 
+def _check_backend(backend) -> None:
+    if backend not in _BACKENDS:
+        raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
+
+
 def resolve_backend(backend: str = "auto") -> str:
     """The kernel backend that computes the encoding: ``backend`` itself, or for
     ``"auto"`` the Pallas kernels when JAX's default backend is a GPU and XLA elsewhere.
@@ -28,8 +33,7 @@ def resolve_backend(backend: str = "auto") -> str:
         >>> resolve_backend() in ("pallas", "xla")
         True
     """
-    if backend not in _BACKENDS:
-        raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
+    _check_backend(backend)
     if backend == "auto":
         return "pallas" if jax.default_backend() == "gpu" else "xla"
     return backend
@@ -101,8 +105,7 @@ class HashGridEncoding(eqx.Module):
         dtype=jnp.float32,
         key: jax.Array,
     ):
-        if backend not in _BACKENDS:
-            raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
+        _check_backend(backend)
         # NumPy integers are accepted (and made Python ints) before any arithmetic.
         dim = check_count(dim, "dim")
         num_levels = check_count(num_levels, "num_levels")
@@ -182,8 +185,7 @@ class HashGridEncoding(eqx.Module):
 
     def with_backend(self, backend: str) -> HashGridEncoding:
         """The same encoding (same tables) computed by another backend."""
-        if backend not in _BACKENDS:
-            raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
+        _check_backend(backend)
         new = copy.copy(self)
         object.__setattr__(new, "backend", backend)
         return new
