@@ -52,10 +52,13 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _inside_gc_callback(frame) -> bool:
+def _raising_is_ignored(frame) -> bool:
+    """Whether an exception raised at ``frame`` would be printed and dropped: inside a
+    garbage-collection callback, or inside the import machinery, whose module-lock
+    weakref callbacks run wherever an import happens to collect garbage."""
     codes = {getattr(cb, "__code__", None) for cb in gc.callbacks}
     while frame is not None:
-        if frame.f_code in codes:
+        if frame.f_code in codes or frame.f_code.co_filename.startswith("<frozen importlib"):
             return True
         frame = frame.f_back
     return False
@@ -65,8 +68,9 @@ class _Interrupts:
     """Ctrl-C that is never lost.
 
     JAX registers a garbage-collection callback, and Python prints and drops an exception
-    raised inside one: a KeyboardInterrupt that lands there (likeliest while JAX is being
-    imported) would let the command run on. The handler also records the interrupt, so
+    raised inside one (or inside the import machinery's weakref callbacks): a
+    KeyboardInterrupt that lands there (likeliest while modules are being imported)
+    would let the command run on. The handler also records the interrupt, so
     ``check()`` between examples or benchmarks stops the command anyway.
     """
 
@@ -77,9 +81,9 @@ class _Interrupts:
 
     def _handler(self, signum, frame):
         self.seen = True
-        if not (self._deferring or _inside_gc_callback(frame)):
+        if not (self._deferring or _raising_is_ignored(frame)):
             raise KeyboardInterrupt
-        # Raising inside a gc callback would only print "Exception ignored"; check() raises.
+        # Raising there would only print "Exception ignored"; check() raises instead.
 
     @contextlib.contextmanager
     def deferred(self):
@@ -464,7 +468,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         with _INTERRUPTS:
-            return ns.handler(ns)
+            status = ns.handler(ns)
+            _INTERRUPTS.check()  # an interrupt deferred since the last check
+            return status
     except _UsageError as exc:
         print(f"{PROG} {ns.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
